@@ -1,0 +1,3 @@
+from sidekick.dispatch import run
+
+run()
