@@ -1,0 +1,58 @@
+"""Figures and their baselines, measured in the same run."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SIDEKICK = Path(sys.executable).with_name("sidekick")
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    baseline: str = ""
+    baseline_value: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> str:
+        if not self.baseline_value:
+            return ""
+        return f"{self.value / self.baseline_value:.2f}x"
+
+
+def time_command(argv: Sequence[str], *, runs: int = 30, warmup: int = 3, env: dict[str, str] | None = None) -> float:
+    """Median wall time in milliseconds of running ``argv`` to completion."""
+    full_env = {**os.environ, **(env or {})}
+    samples = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        subprocess.run(list(argv), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full_env)
+        if i >= warmup:
+            samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    headers = ("benchmark", "value", "unit", "baseline", "baseline value", "ratio", "note")
+    table = [
+        (r.name, f"{r.value:.2f}", r.unit, r.baseline,
+         "" if r.baseline_value is None else f"{r.baseline_value:.2f}", r.ratio, r.note)
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))

@@ -1,0 +1,109 @@
+"""The multi-call executable: names, help, errors, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidekick import dispatch
+from tests.conftest import SIDEKICK, last_line, run_sidekick
+
+
+def test_help_lists_every_tool_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dispatch.main(["sidekick", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name, tool in dispatch.TOOLS.items():
+        assert f"  {name}" in out
+        assert tool.summary in out
+
+
+def test_unknown_tool_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dispatch.main(["sidekick", "no-such-tool"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "level=fatal" in err and "no-such-tool" in err
+
+
+def test_unknown_argv0_without_tool_argument_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dispatch.main(["/usr/bin/whatever"]) == 0
+    assert "usage: sidekick TOOL" in capsys.readouterr().out
+
+
+def test_every_table_entry_resolves_to_a_callable() -> None:
+    import importlib
+
+    for tool in dispatch.TOOLS.values():
+        module, _, func = tool.target.partition(":")
+        assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_tool_errors_become_exit_codes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from sidekick.errors import SidekickError
+
+    def boom(argv: list[str]) -> int:
+        raise SidekickError("bucket snaps is not found", exit_code=3)
+
+    def crash(argv: list[str]) -> int:
+        raise ValueError("bad value")
+
+    import types
+
+    fake = types.ModuleType("sidekick_fake_tool")
+    fake.boom = boom  # type: ignore[attr-defined]
+    fake.crash = crash  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sidekick_fake_tool", fake)
+    monkeypatch.setitem(dispatch.TOOLS, "boom", dispatch.Tool("sidekick_fake_tool:boom", "x"))
+    monkeypatch.setitem(dispatch.TOOLS, "crash", dispatch.Tool("sidekick_fake_tool:crash", "x"))
+
+    assert dispatch.main(["boom"]) == 3
+    assert 'msg="bucket snaps is not found"' in capsys.readouterr().err
+    assert dispatch.main(["crash"]) == 1
+    err = capsys.readouterr().err
+    assert "ValueError: bad value" in last_line(err)
+    assert "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_argv0_dispatch_through_a_symlink(tmp_path: Path) -> None:
+    link = tmp_path / "install"
+    link.symlink_to(SIDEKICK)
+    result = run_sidekick(["--prefix", str(tmp_path / "p")], argv0=link)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "p/opt/rke-tools/entrypoint.sh").is_symlink()
+
+
+@pytest.mark.integration
+def test_sidekick_tool_form_and_module_form_agree(tmp_path: Path) -> None:
+    a = run_sidekick(["install", "--prefix", str(tmp_path / "a")])
+    b = subprocess.run(
+        [sys.executable, "-m", "sidekick", "install", "--prefix", str(tmp_path / "b")],
+        capture_output=True, text=True, check=False,
+    )
+    assert a.returncode == b.returncode == 0
+    assert sorted(p.name for p in (tmp_path / "a/usr/bin").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b/usr/bin").iterdir()
+    )
+
+
+@pytest.mark.integration
+def test_unknown_tool_exit_code_from_the_real_executable() -> None:
+    result = run_sidekick(["frobnicate"])
+    assert result.returncode == 2
+    assert "unknown tool 'frobnicate'" in last_line(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_dispatch_imports_only_the_chosen_tool() -> None:
+    """The hot path (entrypoint.sh before every k8s component) must stay light."""
+    heavy = {"boto3", "botocore", "cryptography", "jinja2", "requests", "click"}
+    argv = ["entrypoint.sh", "/bin/true"] if "entrypoint.sh" in dispatch.TOOLS else ["install", "--help"]
+    code = f"import sys; sys.argv = {argv!r}; from sidekick.dispatch import run; run()"
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-500:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "sidekick" in imported
+    assert not imported & heavy
