@@ -1,0 +1,248 @@
+"""``rke-etcd-backup etcd-backup SUBCOMMAND``: the original's command line (CONTRACT section 11).
+
+The original parses with urfave/cli v1 on Go's ``flag`` package, so callers may write
+``--flag value`` or ``--flag=value``, ``-flag`` with one dash, a bool flag bare or as
+``--flag=true|false`` (never ``--flag true``: a bool never takes the next word), in any
+order. Click does not speak that dialect, so :func:`normalize_go_flags` rewrites the argument
+list into click's form first, driven by each command's own parameter list.
+
+Each subcommand accepts exactly the flags the original declares for it (an unknown flag is
+an error there too). The work is done elsewhere: each command builds an :class:`Options` and
+calls a ``run_*(opts) -> int`` imported only when that command runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from sidekick import log as sklog
+from sidekick.cli import run_click
+from sidekick.etcd.options import (
+    DEFAULT_BACKUP_RETRIES,
+    DEFAULT_S3_RETRIES,
+    Options,
+    parse_go_duration,
+    retry_wait_from_env,
+    validate_name,
+)
+
+PROG = "rke-etcd-backup"
+
+_TRUE = {"1", "t", "true", "y", "yes", "on"}
+_FALSE = {"0", "f", "false", "n", "no", "off"}
+
+
+class GoBool(click.ParamType):
+    """Go's ``strconv.ParseBool`` words (plus yes/no/on/off), case-insensitive."""
+
+    name = "bool"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE or text == "":
+            return False
+        self.fail(f"{value!r} is not a boolean (true or false)", param, ctx)
+
+
+class GoDuration(click.ParamType):
+    """Go ``time.ParseDuration`` syntax: ``5m``, ``12h``, ``72h0m0s``, ``1h30m``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return parse_go_duration(str(value).strip())
+        except ValueError as err:
+            self.fail(f"{err} (Go syntax such as 5m, 12h, 72h0m0s; '24' or '1d' are not durations)", param, ctx)
+
+
+class GoUint(click.ParamType):
+    name = "uint"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not text.isdigit():
+            self.fail(f"{value!r} is not a non-negative integer", param, ctx)
+        return int(text)
+
+
+GO_BOOL = GoBool()
+GO_DURATION = GoDuration()
+GO_UINT = GoUint()
+
+
+def normalize_go_flags(args: Sequence[str], params: Sequence[click.Parameter]) -> list[str]:
+    """Rewrite Go ``flag``-style arguments into click's form.
+
+    ``-name x`` becomes ``--name x``; a bare bool ``--once`` becomes ``--once=true`` (click then
+    parses one uniform shape); anything after ``--`` or any unknown word passes through
+    unchanged so click reports it.
+    """
+    bools: set[str] = set()
+    valued: set[str] = set()
+    for param in params:
+        if not isinstance(param, click.Option):
+            continue
+        names = {n.lstrip("-") for n in param.opts}
+        (bools if isinstance(param.type, GoBool) else valued).update(names)
+    bools.add("help")
+    bools.add("h")
+
+    out: list[str] = []
+    expecting_value = False
+    for i, arg in enumerate(args):
+        if expecting_value:
+            out.append(arg)
+            expecting_value = False
+            continue
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            out.append(arg)
+            continue
+        body = arg[2:] if arg.startswith("--") else arg[1:]
+        flag, eq, value = body.partition("=")
+        if flag in ("help", "h") and not eq:
+            out.append("--help")
+        elif flag in bools:
+            out.append(f"--{flag}={value if eq else 'true'}")
+        elif flag in valued:
+            out.append(f"--{flag}={value}" if eq else f"--{flag}")
+            expecting_value = not eq
+        else:
+            out.append(arg)
+    return out
+
+
+class GoFlagsCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, normalize_go_flags(args, self.get_params(ctx)))
+
+
+# --- the flag sets, as the original declares them ---------------------------------------
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _opt(flag: str, dest: str, **kw: Any) -> Decorator:
+    return click.option(flag, dest, show_default=bool(kw.get("default")), **kw)
+
+
+def _bool(flag: str, dest: str, envvar: str | None = None, help: str = "") -> Decorator:
+    return _opt(flag, dest, type=GO_BOOL, default=False, envvar=envvar, help=help, metavar="[=BOOL]")
+
+
+NAME = _opt("--name", "name", default="", help="snapshot name (a file stem, without .zip)")
+ENDPOINTS = _opt("--endpoints", "endpoints", default="127.0.0.1:2379", help="etcd endpoints")
+DEBUG = _bool("--debug", "debug", "RANCHER_DEBUG", "verbose logging")
+CACERT = _opt("--cacert", "cacert", default="", envvar="ETCD_CACERT", help="etcd CA certificate path")
+CERT = _opt("--cert", "cert", default="", envvar="ETCD_CERT", help="etcd client certificate path")
+KEY = _opt("--key", "key", default="", envvar="ETCD_KEY", help="etcd client key path")
+LOCAL_ENDPOINT = _opt("--local-endpoint", "local_endpoint", default="", envvar="LOCAL_ENDPOINT",
+                      help="peer to download the snapshot from (port 2379)")
+S3_BACKUP_ENV = _bool("--s3-backup", "s3_backup", "S3_BACKUP", "use S3")
+S3_BACKUP_NOENV = _bool("--s3-backup", "s3_backup", None, "delete from S3 too")
+S3_ENDPOINT = _opt("--s3-endpoint", "s3_endpoint", default="", envvar="S3_ENDPOINT",
+                   help="S3 endpoint host[:port] (TLS; an explicit http:// or https:// is accepted)")
+S3_ACCESS = _opt("--s3-accessKey", "s3_access_key", default="", envvar="S3_ACCESS_KEY",
+                 show_envvar=True, help="S3 access key (base64 or raw)")
+S3_SECRET = _opt("--s3-secretKey", "s3_secret_key", default="", envvar="S3_SECRET_KEY",
+                 show_envvar=True, help="S3 secret key (base64 or raw)")
+S3_BUCKET = _opt("--s3-bucketName", "s3_bucket_name", default="", envvar="S3_BUCKET_NAME", help="S3 bucket")
+S3_REGION = _opt("--s3-region", "s3_region", default="", envvar="S3_BUCKET_REGION", help="S3 region")
+S3_CA = _opt("--s3-endpoint-ca", "s3_endpoint_ca", default="", envvar="S3_ENDPOINT_CA",
+             help="CA for the S3 endpoint: base64 PEM or a file path")
+S3_FOLDER = _opt("--s3-folder", "s3_folder", default="", envvar="S3_FOLDER", help="S3 key prefix folder")
+CREATION = _opt("--creation", "creation", type=GO_DURATION, default="5m", help="rolling interval (Go duration)")
+RETENTION = _opt("--retention", "retention", type=GO_DURATION, default="24h",
+                 help="age after which snapshots are deleted (Go duration)")
+ONCE = _bool("--once", "once", None, "take one snapshot and exit")
+BACKUP_RETRIES = _opt("--backup-retries", "backup_retries", type=GO_UINT, default=DEFAULT_BACKUP_RETRIES,
+                      help="etcd snapshot attempts after the first")
+S3_RETRIES = _opt("--s3-retries", "s3_retries", type=GO_UINT, default=DEFAULT_S3_RETRIES,
+                  help="upload attempts after the first")
+CLEANUP = _bool("--cleanup", "cleanup", None, "remove only the uncompressed file (when the .zip exists)")
+
+S3_COMMON = [S3_ENDPOINT, S3_ACCESS, S3_SECRET, S3_BUCKET, S3_REGION, S3_CA, S3_FOLDER]
+COMMON = [ENDPOINTS, DEBUG, NAME, CACERT, CERT, KEY, LOCAL_ENDPOINT, S3_BACKUP_ENV, *S3_COMMON]
+SNAPSHOT = [CREATION, RETENTION, ONCE, *COMMON]
+
+
+def _apply(decorators: Sequence[Decorator]) -> Decorator:
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return wrap
+
+
+def build_options(command: str, params: dict[str, Any]) -> Options:
+    """Turn click's parameters into :class:`Options`, validating what every command shares."""
+    opts = Options(command=command, retry_wait=retry_wait_from_env(), **params)
+    # Register before anything can log them (a decoded form is registered by the S3 code).
+    sklog.register_secret(opts.s3_access_key)
+    sklog.register_secret(opts.s3_secret_key)
+    if opts.debug:
+        sklog.set_debug(True)
+    if opts.name:
+        validate_name(opts.name)
+    return opts
+
+
+def _run(target: str, opts: Options) -> int:
+    module_name, _, func_name = target.partition(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(opts) or 0)
+
+
+@click.group(name="etcd-backup", context_settings={"help_option_names": ["--help", "-h"]})
+def etcd_backup() -> None:
+    """Perform etcd backup tools."""
+
+
+def _command(name: str, flags: Sequence[Decorator], target: str, help: str) -> click.Command:
+    def callback(**params: Any) -> int:
+        return _run(target, build_options(name, params))
+
+    callback.__doc__ = help
+    command = etcd_backup.command(name=name, cls=GoFlagsCommand, help=help)(_apply(flags)(callback))
+    return command
+
+
+_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES], "sidekick.etcd.save:run_save",
+         "Take a snapshot (once or rolling) and back it up to S3 compatible storage.")
+_command("delete", [NAME, S3_BACKUP_NOENV, CLEANUP, *S3_COMMON], "sidekick.etcd.delete:run_delete",
+         "Delete a snapshot locally and from S3 compatible storage.")
+_command("download", COMMON, "sidekick.etcd.download:run_download",
+         "Download a snapshot from S3 compatible storage or from a peer.")
+_command("extractstatefile", SNAPSHOT, "sidekick.etcd.extract:run_extractstatefile",
+         "Extract the cluster state file from a snapshot archive.")
+_command("serve", [NAME, CACERT, CERT, KEY], "sidekick.etcd.serve:run_serve",
+         "Serve the local snapshot over mutual TLS on port 2379.")
+
+
+@click.group(name=PROG, context_settings={"help_option_names": ["--help", "-h"]})
+def app() -> None:
+    """Utility services for etcd cluster backup."""
+
+
+app.add_command(etcd_backup)
+
+
+def main(argv: list[str]) -> int:
+    """Dispatcher entry: ``rke-etcd-backup etcd-backup SUBCOMMAND [flags]``."""
+    return run_click(app, argv, prog_name=PROG)
