@@ -28,6 +28,7 @@ class Tool(NamedTuple):
 # The original image's names. A name appears here only once its module exists.
 TOOLS: dict[str, Tool] = {
     "install": Tool("sidekick.install:main", "lay out the image's file tree (links to this executable) under --prefix"),
+    "nginx-proxy": Tool("sidekick.nginx.launcher:main", "render the control-plane TCP proxy config from CP_HOSTS and exec nginx"),
 }
 
 log = logging.getLogger("sidekick")

@@ -1,0 +1,173 @@
+"""What nginx-proxy renders: pure decisions, no host access.
+
+The original rendered ``server <item>:6443;`` for whatever ``CP_HOSTS`` held, so an empty
+value became ``server :6443;`` and an IPv6 address became ``server fd00::1:6443;`` (CONTRACT
+10.2). Here every item is parsed first and a bad one is named in a one-line error, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from sidekick.errors import UsageError
+
+APISERVER_PORT = 6443
+# The original listened on every interface on 6443 (rke-tools PR #87 to narrow it was not merged).
+DEFAULT_LISTEN_PORT = 6443
+# nginx's own defaults are max_fails=1 fail_timeout=10s; they are spelled out so the rendered
+# file says how quickly a dead control-plane node is skipped.
+DEFAULT_MAX_FAILS = 1
+DEFAULT_FAIL_TIMEOUT = "10s"
+
+ENV_LISTEN_ADDRESS = "NGINX_PROXY_LISTEN_ADDRESS"
+ENV_LISTEN_PORT = "NGINX_PROXY_LISTEN_PORT"
+ENV_MAX_FAILS = "NGINX_PROXY_MAX_FAILS"
+ENV_FAIL_TIMEOUT = "NGINX_PROXY_FAIL_TIMEOUT"
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)?$")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str  # as nginx wants it: IPv6 in brackets
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_address: str = ""  # empty: every interface, like the original's "listen 6443;"
+    listen_port: int = DEFAULT_LISTEN_PORT
+    max_fails: int = DEFAULT_MAX_FAILS
+    fail_timeout: str = DEFAULT_FAIL_TIMEOUT
+
+    @property
+    def listen(self) -> str:
+        if not self.listen_address:
+            return str(self.listen_port)
+        host = self.listen_address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.listen_port}"
+
+
+def _port(text: str, item: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"CP_HOSTS item {item!r}: port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def _hostname(text: str, item: str) -> str:
+    labels = text.rstrip(".").split(".")
+    if all(label.isdigit() for label in labels):
+        # All-numeric is an IPv4 address that did not parse, not a host name.
+        raise UsageError(f"CP_HOSTS item {item!r}: {text!r} is not a valid IPv4 address")
+    if len(text) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise UsageError(f"CP_HOSTS item {item!r}: {text!r} is not an IP address or host name")
+    return text.lower()
+
+
+def parse_item(item: str) -> Upstream:
+    """One ``CP_HOSTS`` item: IPv4, IPv6 (bare or in brackets), or a host name; optional ``:port``."""
+    if item != item.strip() or any(ch.isspace() for ch in item):
+        raise UsageError(f"CP_HOSTS item {item!r} contains spaces")
+    if item.startswith("["):
+        inside, sep, rest = item[1:].partition("]")
+        if not sep:
+            raise UsageError(f"CP_HOSTS item {item!r}: missing ']' after the IPv6 address")
+        try:
+            address = ipaddress.IPv6Address(inside)
+        except ValueError:
+            raise UsageError(f"CP_HOSTS item {item!r}: {inside!r} is not an IPv6 address") from None
+        if rest and not rest.startswith(":"):
+            raise UsageError(f"CP_HOSTS item {item!r}: unexpected text after ']'")
+        port = _port(rest[1:], item) if rest else APISERVER_PORT
+        return Upstream(f"[{address.compressed}]", port)
+    if item.count(":") > 1:
+        # RKE sends a node's InternalAddress as is: a bare IPv6 address carries no port.
+        try:
+            address = ipaddress.IPv6Address(item)
+        except ValueError:
+            raise UsageError(
+                f"CP_HOSTS item {item!r} is not an IPv6 address (write [address]:port for a port)"
+            ) from None
+        return Upstream(f"[{address.compressed}]", APISERVER_PORT)
+    host, sep, port_text = item.partition(":")
+    port = _port(port_text, item) if sep else APISERVER_PORT
+    if not host:
+        raise UsageError(f"CP_HOSTS item {item!r} has no host")
+    try:
+        return Upstream(str(ipaddress.IPv4Address(host)), port)
+    except ValueError:
+        return Upstream(_hostname(host, item), port)
+
+
+def parse_cp_hosts(value: str) -> list[Upstream]:
+    """The comma-separated control-plane list, in order, or a UsageError naming the bad item."""
+    if not value.strip():
+        raise UsageError("CP_HOSTS is empty: no control-plane host to proxy to")
+    upstreams: list[Upstream] = []
+    seen: dict[Upstream, str] = {}
+    for position, item in enumerate(value.split(","), start=1):
+        if not item:
+            raise UsageError(f"CP_HOSTS item {position} is empty in {value!r}")
+        upstream = parse_item(item)
+        if upstream in seen:
+            raise UsageError(f"CP_HOSTS item {item!r} duplicates {seen[upstream]!r}")
+        seen[upstream] = item
+        upstreams.append(upstream)
+    return upstreams
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Listen address/port and passive health settings; unset means the original's behaviour."""
+    address = env.get(ENV_LISTEN_ADDRESS, "").strip()
+    if address:
+        try:
+            address = ipaddress.ip_address(address.strip("[]")).compressed
+        except ValueError:
+            raise UsageError(f"{ENV_LISTEN_ADDRESS}={address!r} is not an IP address") from None
+    port_text = env.get(ENV_LISTEN_PORT, "").strip() or str(DEFAULT_LISTEN_PORT)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"{ENV_LISTEN_PORT}={port_text!r} is not a port from 1 to 65535")
+    fails_text = env.get(ENV_MAX_FAILS, "").strip() or str(DEFAULT_MAX_FAILS)
+    if not fails_text.isdigit():
+        raise UsageError(f"{ENV_MAX_FAILS}={fails_text!r} is not a non-negative integer")
+    timeout = env.get(ENV_FAIL_TIMEOUT, "").strip() or DEFAULT_FAIL_TIMEOUT
+    if not _DURATION.match(timeout):
+        raise UsageError(f"{ENV_FAIL_TIMEOUT}={timeout!r} is not an nginx time (e.g. 10s, 500ms, 1m)")
+    return Settings(address, int(port_text), int(fails_text), timeout)
+
+
+_environment = jinja2.Environment(
+    loader=jinja2.PackageLoader("sidekick.nginx", ""),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,  # nginx syntax, not HTML; every value is validated above
+)
+
+
+def render(
+    upstreams: list[Upstream], settings: Settings, *, pid_path: Path, stream_module: Path | None
+) -> str:
+    return _environment.get_template("nginx.conf.j2").render(
+        servers=upstreams,
+        listen=settings.listen,
+        max_fails=settings.max_fails,
+        fail_timeout=settings.fail_timeout,
+        pid_path=pid_path,
+        stream_module=stream_module,
+    )

@@ -1,0 +1,71 @@
+"""The real ``nginx-proxy`` tool started as a process, listening on a loopback port.
+
+The tool execs nginx, so the process started here becomes nginx itself; stopping it is
+stopping nginx (SIGQUIT: graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.ports import free_port, port_open, wait_for
+
+
+@dataclass
+class NginxProxyProcess:
+    exe: Path  # the sidekick executable, or a link to it named nginx-proxy
+    root: Path  # SIDEKICK_ROOT
+    cp_hosts: str
+    log_path: Path
+    listen_port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    cp_hosts_in_env: bool = True  # False: only the CP_HOSTS=... argument carries the list
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def argv(self) -> list[str]:
+        tool = [] if self.exe.name == "nginx-proxy" else ["nginx-proxy"]
+        return [str(self.exe), *tool, f"CP_HOSTS={self.cp_hosts}"]
+
+    def start(self, timeout: float = 20) -> NginxProxyProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDEKICK_", "NGINX_PROXY_", "CP_HOSTS"))}
+        env.update(
+            SIDEKICK_ROOT=str(self.root),
+            NGINX_PROXY_LISTEN_ADDRESS="127.0.0.1",
+            NGINX_PROXY_LISTEN_PORT=str(self.listen_port),
+            **self.env,
+        )
+        if self.cp_hosts_in_env:
+            env["CP_HOSTS"] = self.cp_hosts
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log, env=env)
+
+        def listening() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx-proxy exited {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
+            return port_open(self.listen_port)
+
+        wait_for(listening, timeout=timeout, what="nginx-proxy listening")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
