@@ -1,0 +1,285 @@
+"""The snapshot archive: ``/backup/<name>.zip`` exactly as the Go tool reads it, written fast.
+
+Format (CONTRACT 3.11 and 12): a standard zip, deflate entries with data descriptors, entry
+names that are ABSOLUTE paths (``/backup/<name>`` and optionally
+``/etc/kubernetes/<name>.rkestate``; the Go extractor matches the name exactly, and
+``zipfile.ZipFile.write`` would strip the slash), mode 0600. Added, and ignored by Go: the zip
+comment is a JSON manifest ``{"sidekick": 1, "sha256": {entry name: hex}}`` so any later
+reader can check the snapshot end to end (:func:`read_manifest`).
+
+Speed: the Go tool deflates at 138-155 MB/s. Here the input is cut into ``chunk_size``
+pieces deflated in parallel with ISA-L (``isal``; level 2 keeps the ratio of zlib's default
+within a few percent at several times the speed), each piece primed with the previous 32 KiB
+as a dictionary and ended with a sync flush, so the pieces concatenate into ONE valid deflate
+stream (the pigz technique). CRC-32 and SHA-256 run in one more thread; all of them release
+the GIL. Memory bound: at most ``workers + 2`` input pieces and their outputs are alive, i.e.
+about ``2 * (workers + 2) * chunk_size`` (24 MiB at the defaults), whatever the snapshot size.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import struct
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from isal import isal_zlib
+
+from sidekick.host.files import atomic_output
+
+MANIFEST_VERSION = 1
+DEFAULT_LEVEL = 2
+DEFAULT_CHUNK = 4 << 20
+_WINDOW = 32 << 10
+_ZIP64_LIMIT = 0xFFFFFFFF
+# Deflate can grow incompressible input slightly; decide zip64 with a margin (input size is
+# known before the first byte is written, the compressed size is not).
+_ZIP64_MARGIN = 1 << 26
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+_EOCD = struct.Struct("<IHHHHIIH")
+_EOCD64 = struct.Struct("<IQHHIIQQQQ")
+_LOCATOR64 = struct.Struct("<IIQI")
+_FLAG_DESCRIPTOR = 0x08
+_FLAG_UTF8 = 0x800
+_DEFLATED = 8
+_MADE_BY_UNIX = 3 << 8
+_FILE_MODE = 0o100600
+
+
+@dataclass
+class EntryResult:
+    name: str
+    size: int
+    compressed: int
+    crc: int
+    sha256: str
+    offset: int = 0
+    dos_time: int = 0
+    dos_date: int = 0
+    zip64: bool = False
+
+
+@dataclass
+class ArchiveResult:
+    path: Path
+    size: int
+    sha256: str  # of the archive bytes (S3 metadata ``archive-sha256``)
+    entries: list[EntryResult] = field(default_factory=list)
+
+    @property
+    def manifest(self) -> dict[str, str]:
+        return {e.name: e.sha256 for e in self.entries}
+
+    @property
+    def input_size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
+class _HashingWriter:
+    """Counts and hashes every byte written to the archive."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.offset = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.sha.update(data)
+        self.offset += len(data)
+
+
+def _dos_stamp(mtime: float) -> tuple[int, int]:
+    t = time.gmtime(max(mtime, 315532800))  # DOS time starts in 1980
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+
+
+def _deflate_piece(data: bytes, zdict: bytes, last: bool, level: int) -> bytes:
+    if zdict:
+        comp = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, 9, 0, zdict)
+    else:
+        comp = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+    head = comp.compress(data)
+    return head + (comp.flush(isal_zlib.Z_FINISH) if last else comp.flush(isal_zlib.Z_SYNC_FLUSH))
+
+
+class _Digests:
+    """CRC-32 and SHA-256 of the input, updated in order by one thread."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.sha = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self.crc = isal_zlib.crc32(data, self.crc)
+        self.sha.update(data)
+
+
+def _write_entry(
+    writer: _HashingWriter,
+    name: str,
+    source: BinaryIO,
+    *,
+    size_hint: int,
+    mtime: float,
+    level: int,
+    chunk_size: int,
+    pool: ThreadPoolExecutor,
+    hasher: ThreadPoolExecutor,
+    workers: int,
+    on_input: Callable[[int], None] | None,
+) -> EntryResult:
+    encoded = name.encode("utf-8")
+    flags = _FLAG_DESCRIPTOR | (0 if encoded.isascii() else _FLAG_UTF8)
+    zip64 = size_hint + _ZIP64_MARGIN >= _ZIP64_LIMIT
+    dos_time, dos_date = _dos_stamp(mtime)
+    extra = struct.pack("<HHQQ", 0x0001, 16, 0, 0) if zip64 else b""
+    offset = writer.offset
+    writer.write(
+        _LOCAL.pack(0x04034B50, 45 if zip64 else 20, flags, _DEFLATED, dos_time, dos_date, 0,
+                    _ZIP64_LIMIT if zip64 else 0, _ZIP64_LIMIT if zip64 else 0, len(encoded), len(extra))
+    )
+    writer.write(encoded + extra)
+
+    digests = _Digests()
+    inflight: collections.deque[Future[bytes]] = collections.deque()
+    hashing: Future[None] | None = None
+    size = compressed = 0
+    previous_tail = b""
+    pending = source.read(chunk_size)
+    while True:
+        following = source.read(chunk_size) if pending else b""
+        last = not following
+        inflight.append(pool.submit(_deflate_piece, pending, previous_tail, last, level))
+        hashing = hasher.submit(digests.update, pending)
+        size += len(pending)
+        previous_tail = pending[-_WINDOW:]
+        while len(inflight) > workers or (last and inflight):
+            piece = inflight.popleft().result()
+            writer.write(piece)
+            compressed += len(piece)
+        if on_input is not None:
+            on_input(len(pending))
+        if last:
+            break
+        pending = following
+    if hashing is not None:
+        hashing.result()
+
+    if zip64:
+        writer.write(struct.pack("<IIQQ", 0x08074B50, digests.crc, compressed, size))
+    else:
+        if size >= _ZIP64_LIMIT or compressed >= _ZIP64_LIMIT:
+            raise OSError(f"{name}: grew past 4 GiB while being archived")
+        writer.write(struct.pack("<IIII", 0x08074B50, digests.crc, compressed, size))
+    return EntryResult(name, size, compressed, digests.crc, digests.sha.hexdigest(), offset,
+                       dos_time, dos_date, zip64)
+
+
+def _central_directory(writer: _HashingWriter, entries: Sequence[EntryResult], comment: bytes) -> None:
+    start = writer.offset
+    for e in entries:
+        encoded = e.name.encode("utf-8")
+        flags = _FLAG_DESCRIPTOR | (0 if encoded.isascii() else _FLAG_UTF8)
+        big = [v for v in (e.size, e.compressed, e.offset) if v >= _ZIP64_LIMIT]
+        extra = b""
+        size, compressed, offset = e.size, e.compressed, e.offset
+        if big or e.zip64:
+            values = []
+            if size >= _ZIP64_LIMIT or e.zip64:
+                values += [size, compressed]
+                size = compressed = _ZIP64_LIMIT
+            if offset >= _ZIP64_LIMIT:
+                values.append(offset)
+                offset = _ZIP64_LIMIT
+            extra = struct.pack(f"<HH{len(values)}Q", 0x0001, 8 * len(values), *values)
+        version = 45 if extra else 20
+        writer.write(
+            _CENTRAL.pack(0x02014B50, _MADE_BY_UNIX | version, version, flags, _DEFLATED, e.dos_time,
+                          e.dos_date, e.crc, compressed, size, len(encoded), len(extra), 0, 0, 0,
+                          _FILE_MODE << 16, offset)
+        )
+        writer.write(encoded + extra)
+    end = writer.offset
+    cd_size = end - start
+    if start >= _ZIP64_LIMIT or cd_size >= _ZIP64_LIMIT:
+        writer.write(_EOCD64.pack(0x06064B50, 44, _MADE_BY_UNIX | 45, 45, 0, 0, len(entries), len(entries),
+                                  cd_size, start))
+        writer.write(_LOCATOR64.pack(0x07064B50, 0, end, 1))
+        start = min(start, _ZIP64_LIMIT)
+        cd_size = min(cd_size, _ZIP64_LIMIT)
+    writer.write(_EOCD.pack(0x06054B50, 0, 0, len(entries), len(entries), cd_size, start, len(comment)))
+    writer.write(comment)
+
+
+def manifest_comment(entries: Sequence[EntryResult]) -> bytes:
+    body = {"sidekick": MANIFEST_VERSION, "sha256": {e.name: e.sha256 for e in entries}}
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def write_archive(
+    dest: Path,
+    entries: Sequence[tuple[str, Path]],
+    *,
+    level: int = DEFAULT_LEVEL,
+    chunk_size: int = DEFAULT_CHUNK,
+    workers: int | None = None,
+    on_input: Callable[[int], None] | None = None,
+) -> ArchiveResult:
+    """Write ``dest`` atomically (temp name, fsync, rename; mode 0600) from ``(name, path)``.
+
+    ``on_input(n)`` is called as input bytes are consumed (progress lines).
+    """
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="deflate") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher,
+        atomic_output(dest, mode=0o600) as out,
+    ):
+        writer = _HashingWriter(out)
+        results = []
+        for name, path in entries:
+            with open(path, "rb") as source:
+                st = os.fstat(source.fileno())
+                results.append(
+                    _write_entry(writer, name, source, size_hint=st.st_size, mtime=st.st_mtime,
+                                 level=level, chunk_size=chunk_size, pool=pool, hasher=hasher,
+                                 workers=workers, on_input=on_input)
+                )
+        _central_directory(writer, results, manifest_comment(results))
+    return ArchiveResult(dest, writer.offset, writer.sha.hexdigest(), results)
+
+
+def read_manifest(zip_path: Path) -> dict[str, str]:
+    """The ``{entry name: sha256 hex}`` recorded by :func:`write_archive`; ``{}`` when absent
+    (archives of the Go tool have no comment) or unreadable."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            comment = archive.comment
+    except (OSError, zipfile.BadZipFile):
+        return {}
+    try:
+        body = json.loads(comment.decode("utf-8")) if comment else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(body, dict) or "sidekick" not in body or not isinstance(body.get("sha256"), dict):
+        return {}
+    return {str(k): str(v) for k, v in body["sha256"].items()}
+
+
+def file_sha256(path: Path, *, chunk_size: int = 1 << 20) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(chunk_size):
+            sha.update(chunk)
+    return sha.hexdigest()
