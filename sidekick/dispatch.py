@@ -27,6 +27,7 @@ class Tool(NamedTuple):
 
 # The original image's names. A name appears here only once its module exists.
 TOOLS: dict[str, Tool] = {
+    "cert-deployer": Tool("sidekick.certs:main", "write the KUBE_*/KUBECFG_* certificates RKE passes into /etc/kubernetes/ssl"),
     "install": Tool("sidekick.install:main", "lay out the image's file tree (links to this executable) under --prefix"),
     "nginx-proxy": Tool("sidekick.nginx.launcher:main", "render the control-plane TCP proxy config from CP_HOSTS and exec nginx"),
 }
