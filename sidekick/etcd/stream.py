@@ -1,0 +1,149 @@
+"""Write a stream to a file and SHA-256 it, on two threads, with bounded memory.
+
+A snapshot arrives faster than one Python thread can decrypt (or inflate) it, hash it and
+copy it into the page cache in turn. Here the producer (TLS receive, inflate) only fills
+buffers; one thread hashes them and another writes them, each releasing the GIL in C.
+Memory bound: at most ``depth`` chunks in flight, i.e. ``depth * chunk`` bytes
+(16 MiB at the defaults), whatever the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from typing import Any
+
+from isal import isal_zlib
+
+from sidekick.etcd.verified import Digest
+
+DEFAULT_CHUNK = 4 << 20
+DEFAULT_DEPTH = 4
+
+_STOP = object()
+
+
+class _Item:
+    __slots__ = ("buffer", "length", "pending")
+
+    def __init__(self, buffer: bytes | bytearray, length: int) -> None:
+        self.buffer = buffer
+        self.length = length
+        self.pending = 2  # the hasher and the writer
+
+
+class HashingWriter:
+    """``get_buffer()``/``submit()`` (or ``submit_bytes()``), then ``finish()`` -> :class:`Digest`.
+
+    The file descriptor stays the caller's; writes are plain sequential ``os.write`` calls at
+    its current offset.
+    """
+
+    def __init__(
+        self, fd: int, *, chunk: int = DEFAULT_CHUNK, depth: int = DEFAULT_DEPTH, crc32: bool = False
+    ) -> None:
+        self._fd = fd
+        self.chunk = chunk
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self._slots = threading.Semaphore(depth)
+        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._crc: int | None = 0 if crc32 else None
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._hash_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._write_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._worker, args=(self._hash_q, self._hash), name="sha256", daemon=True),
+            threading.Thread(target=self._worker, args=(self._write_q, self._write), name="write", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # --- producer side ---------------------------------------------------------------
+    def get_buffer(self) -> bytearray:
+        """A free ``chunk``-sized buffer to fill (blocks while ``depth`` are in flight)."""
+        self._slots.acquire()
+        self._raise_pending()
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return bytearray(self.chunk)
+
+    def submit(self, buffer: bytearray, length: int) -> None:
+        """Hand over the first ``length`` bytes of a buffer from :meth:`get_buffer`."""
+        if length <= 0:
+            self._release(_Item(buffer, 0), done=2)
+            return
+        self._enqueue(_Item(buffer, length))
+
+    def submit_bytes(self, data: bytes) -> None:
+        """Hand over an immutable chunk (inflate output); blocks while ``depth`` are in flight."""
+        if not data:
+            return
+        self._slots.acquire()
+        self._enqueue(_Item(data, len(data)))
+
+    def finish(self) -> Digest:
+        """Wait for every byte to be hashed and written; raise the first worker error."""
+        self._hash_q.put(_STOP)
+        self._write_q.put(_STOP)
+        for thread in self._threads:
+            thread.join()
+        self._raise_pending()
+        return Digest(self.size, self._sha.hexdigest(), self._crc)
+
+    def abort(self) -> None:
+        """Stop the workers without waiting for a result (the caller is failing anyway)."""
+        with self._lock:
+            if self._error is None:
+                self._error = RuntimeError("aborted")
+        self._hash_q.put(_STOP)
+        self._write_q.put(_STOP)
+        for thread in self._threads:
+            thread.join()
+
+    # --- internals -------------------------------------------------------------------
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _enqueue(self, item: _Item) -> None:
+        self._raise_pending()
+        self.size += item.length
+        self._hash_q.put(item)
+        self._write_q.put(item)
+
+    def _release(self, item: _Item, *, done: int = 1) -> None:
+        with self._lock:
+            item.pending -= done
+            last = item.pending <= 0
+        if last:
+            if isinstance(item.buffer, bytearray) and len(item.buffer) == self.chunk:
+                self._pool.put(item.buffer)
+            self._slots.release()
+
+    def _hash(self, item: _Item) -> None:
+        view = memoryview(item.buffer)[: item.length]
+        self._sha.update(view)
+        if self._crc is not None:
+            self._crc = isal_zlib.crc32(view, self._crc)
+
+    def _write(self, item: _Item) -> None:
+        view = memoryview(item.buffer)[: item.length]
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _worker(self, source: queue.SimpleQueue[Any], work: Any) -> None:
+        while (item := source.get()) is not _STOP:
+            try:
+                if self._error is None:
+                    work(item)
+            except BaseException as err:
+                with self._lock:
+                    if self._error is None:
+                        self._error = err
+            finally:
+                self._release(item)

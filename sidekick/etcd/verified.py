@@ -1,0 +1,60 @@
+"""Remember that a file's content was verified, so the next ``serve`` need not re-read it.
+
+The original re-extracted ``/backup/<name>`` from the zip on every ``serve`` start (3 s for a
+1 GB snapshot), and RKE declares a serve container dead when it is not running 5 s after
+start. Once our extraction or download has verified a file (zip CRC, SHA-256), the digests
+are stored in a ``user.`` extended attribute ON THE FILE ITSELF, together with its size and
+mtime: the record disappears with the file (``delete`` needs to know nothing about it), and
+any later write changes the mtime and invalidates it. Without xattr support (some overlay or
+network filesystems) nothing is recorded and callers fall back to re-verifying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+XATTR = "user.sidekick.verified"
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What a verified file's bytes hash to (``crc32`` only when a zip entry was checked)."""
+
+    size: int
+    sha256: str
+    crc32: int | None = None
+
+
+def record(path: Path, digest: Digest) -> bool:
+    """Store ``digest`` for ``path`` as it is now; False when the filesystem refuses xattrs."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if st.st_size != digest.size:
+            raise ValueError(f"{path}: size {st.st_size} is not the verified {digest.size}")
+        body = {"size": digest.size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": digest.sha256}
+        if digest.crc32 is not None:
+            body["crc32"] = digest.crc32
+        os.setxattr(path, XATTR, json.dumps(body, sort_keys=True).encode(), follow_symlinks=False)
+    except OSError as err:
+        log.debug("cannot record verification of %s: %s", path, err)
+        return False
+    return True
+
+
+def recall(path: Path) -> Digest | None:
+    """The digest recorded for ``path`` if the file is still the one that was verified."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        st = os.stat(path, follow_symlinks=False)
+        body = json.loads(os.getxattr(path, XATTR, follow_symlinks=False))
+        if (body["size"], body["mtime_ns"], body["ino"]) != (st.st_size, st.st_mtime_ns, st.st_ino):
+            return None
+        crc = body.get("crc32")
+        return Digest(int(body["size"]), str(body["sha256"]), None if crc is None else int(crc))
+    return None

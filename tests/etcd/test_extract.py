@@ -1,0 +1,315 @@
+"""Reading snapshot archives: ours and the Go tool's, verified, and hostile ones refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sidekick.errors import SidekickError
+from sidekick.etcd import extract, verified
+from sidekick.etcd.archive import write_archive
+from sidekick.etcd.options import Options
+from sidekick.host.files import TEMP_PREFIX
+from tests.harness.goarchive import write_go_archive
+
+NAME = "c-abcde-rl-x7k2p_2024-10-04T12:00:00Z"
+STATE = {"desiredState": {"rkeConfig": {"nodes": []}}, "currentState": {}}
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path / "root"))
+    for d in ("backup", "etc/kubernetes", "tmp"):
+        (tmp_path / "root" / d).mkdir(parents=True)
+    return tmp_path / "root"
+
+
+def snapshot_bytes(size: int = 3 << 20) -> bytes:
+    """Compressible but not trivial, like an etcd db (pages of keys and zeroed free space)."""
+    block = b"".join(f"/registry/pods/ns/{i:06d}={os.urandom(8).hex()}\n".encode() for i in range(200))
+    data = (block + bytes(4096)) * (size // (len(block) + 4096) + 1)
+    return data[:size]
+
+
+def make_ours(root: Path, name: str = NAME, db: bytes | None = None, state: bytes | None = None) -> tuple[Path, bytes]:
+    db = snapshot_bytes() if db is None else db
+    work = root.parent / "work"
+    work.mkdir(exist_ok=True)
+    (work / name).write_bytes(db)
+    entries = [(f"/backup/{name}", work / name)]
+    if state is not None:
+        (work / f"{name}.rkestate").write_bytes(state)
+        entries.append((f"/etc/kubernetes/{name}.rkestate", work / f"{name}.rkestate"))
+    write_archive(root / "backup" / f"{name}.zip", entries)
+    return root / "backup" / f"{name}.zip", db
+
+
+def make_go(root: Path, name: str = NAME, db: bytes | None = None, state: bytes | None = None) -> tuple[Path, bytes]:
+    db = snapshot_bytes() if db is None else db
+    entries: list[tuple[str, bytes | Path]] = [(f"/backup/{name}", db)]
+    if state is not None:
+        entries.append((f"/etc/kubernetes/{name}.rkestate", state))
+    return write_go_archive(root / "backup" / f"{name}.zip", entries), db
+
+
+def leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def patch_central(zip_path: Path, entry: str, *, size: int | None = None, compressed: int | None = None) -> None:
+    """Rewrite the declared sizes of ``entry`` in the central directory (a lying archive)."""
+    data = bytearray(zip_path.read_bytes())
+    pos = data.find(b"PK\x01\x02")
+    while pos >= 0:
+        name_len = struct.unpack_from("<H", data, pos + 28)[0]
+        if data[pos + 46 : pos + 46 + name_len].decode() == entry:
+            if compressed is not None:
+                struct.pack_into("<I", data, pos + 20, compressed)
+            if size is not None:
+                struct.pack_into("<I", data, pos + 24, size)
+        pos = data.find(b"PK\x01\x02", pos + 4)
+    zip_path.write_bytes(bytes(data))
+
+
+# --- the happy paths -------------------------------------------------------------------
+@pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
+def test_extracts_verifies_and_records(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
+    _, db = maker(root)
+    result = extract.ensure_snapshot(NAME)
+    out = root / "backup" / NAME
+    assert result.origin == "extracted"
+    assert out.read_bytes() == db
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert result.digest is not None and result.digest.sha256 == hashlib.sha256(db).hexdigest()
+    assert verified.recall(out) == result.digest
+    assert leftovers(root / "backup") == []
+
+
+@pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
+def test_second_start_keeps_the_verified_file(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
+    maker(root)
+    extract.ensure_snapshot(NAME)
+    before = (root / "backup" / NAME).stat()
+    again = extract.ensure_snapshot(NAME)
+    after = (root / "backup" / NAME).stat()
+    assert again.origin == "already verified"
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_a_changed_file_is_extracted_again(root: Path) -> None:
+    _, db = make_ours(root)
+    extract.ensure_snapshot(NAME)
+    out = root / "backup" / NAME
+    with open(out, "r+b") as f:  # same size, one byte different: only the mtime tells
+        f.write(b"X")
+    assert extract.ensure_snapshot(NAME).origin == "extracted"
+    assert out.read_bytes() == db
+
+
+def test_a_file_verified_against_another_archive_is_replaced(root: Path) -> None:
+    make_ours(root, db=snapshot_bytes(1 << 20))
+    extract.ensure_snapshot(NAME)
+    _, db2 = make_ours(root, db=snapshot_bytes(1 << 20)[::-1])
+    assert extract.ensure_snapshot(NAME).origin == "extracted"
+    assert (root / "backup" / NAME).read_bytes() == db2
+
+
+def test_uncompressed_file_without_archive_is_served_as_is(root: Path) -> None:
+    (root / "backup" / NAME).write_bytes(b"raw snapshot")
+    result = extract.ensure_snapshot(NAME)
+    assert result.origin == "uncompressed file" and result.digest is None
+
+
+def test_nothing_to_serve_is_one_clear_error(root: Path) -> None:
+    with pytest.raises(SidekickError, match=f"snapshot {NAME} not found: neither /backup/{NAME}.zip"):
+        extract.ensure_snapshot(NAME)
+
+
+# --- refusing bad archives, keeping the previous file -----------------------------------
+def test_manifest_mismatch_is_refused_and_the_old_file_kept(root: Path) -> None:
+    zip_path, _ = make_ours(root)
+    with zipfile.ZipFile(zip_path, "a") as archive:
+        body = json.loads(archive.comment)
+        body["sha256"][f"/backup/{NAME}"] = "0" * 64
+        archive.comment = json.dumps(body).encode()
+    (root / "backup" / NAME).write_bytes(b"previous")
+    with pytest.raises(SidekickError, match=r"SHA-256 .* does not match the manifest"):
+        extract.ensure_snapshot(NAME)
+    assert (root / "backup" / NAME).read_bytes() == b"previous"
+    assert leftovers(root / "backup") == []
+
+
+def test_corrupt_data_is_refused(root: Path) -> None:
+    zip_path, _ = make_go(root)
+    data = bytearray(zip_path.read_bytes())
+    data[200] ^= 0xFF  # inside the first entry's deflate stream
+    zip_path.write_bytes(bytes(data))
+    with pytest.raises(SidekickError, match=r"corrupt|CRC-32|inflates past|truncated"):
+        extract.ensure_snapshot(NAME)
+    assert not (root / "backup" / NAME).exists()
+    assert leftovers(root / "backup") == []
+
+
+def test_crc_mismatch_is_refused(root: Path) -> None:
+    zip_path, _ = make_go(root, db=b"a" * 5000)
+    data = bytearray(zip_path.read_bytes())
+    pos = data.find(b"PK\x01\x02")
+    struct.pack_into("<I", data, pos + 16, 0x12345678)
+    zip_path.write_bytes(bytes(data))
+    with pytest.raises(SidekickError, match=r"CRC-32 .* does not match the recorded 12345678"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_truncated_archive_is_refused(root: Path) -> None:
+    zip_path, _ = make_ours(root)
+    zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])
+    with pytest.raises(SidekickError, match="not a readable zip archive"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_not_a_zip(root: Path) -> None:
+    (root / "backup" / f"{NAME}.zip").write_bytes(b"this is not a zip")
+    with pytest.raises(SidekickError, match="not a readable zip archive"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_absurd_declared_size_is_refused_before_inflating(root: Path) -> None:
+    zip_path, _ = make_go(root)
+    patch_central(zip_path, f"/backup/{NAME}", size=0xFFFFFFF0)
+    with pytest.raises(SidekickError, match="ratio deflate cannot produce"):
+        extract.ensure_snapshot(NAME)
+    assert not (root / "backup" / NAME).exists()
+
+
+def test_size_over_the_limit_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_go(root)
+    monkeypatch.setattr(extract, "MAX_SNAPSHOT_BYTES", 1 << 20)
+    with pytest.raises(SidekickError, match="more than the 1048576 allowed"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_entry_inflating_past_its_declared_size_stops(root: Path) -> None:
+    zip_path, _ = make_go(root, db=bytes(4 << 20))
+    patch_central(zip_path, f"/backup/{NAME}", size=3 << 20)
+    with pytest.raises(SidekickError, match="inflates past its declared size"):
+        extract.ensure_snapshot(NAME)
+    assert not (root / "backup" / NAME).exists()
+
+
+def test_not_enough_space_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_go(root)
+    real = os.statvfs
+
+    class Tiny:
+        def __init__(self, st: os.statvfs_result) -> None:
+            self.f_frsize = st.f_frsize
+            self.f_bavail = 1
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Tiny(real(p)))
+    with pytest.raises(SidekickError, match=r"not enough space in .*/backup"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_duplicate_entries_are_refused(root: Path) -> None:
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        write_go_archive(root / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", b"one"), (f"/backup/{NAME}", b"two")])
+    with pytest.raises(SidekickError, match="2 entries named"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_relative_entry_names_are_not_ours(root: Path) -> None:
+    """What ``zipfile.write`` produces (no leading slash) is not the original's format."""
+    write_go_archive(root / "backup" / f"{NAME}.zip", [(f"backup/{NAME}", b"db")])
+    with pytest.raises(SidekickError, match=f"entry /backup/{NAME} not found in .*entries: backup/{NAME}"):
+        extract.ensure_snapshot(NAME)
+
+
+def test_local_header_name_must_match(root: Path) -> None:
+    zip_path, _ = make_go(root, db=b"x" * 100)
+    data = bytearray(zip_path.read_bytes())
+    local = data.find(f"/backup/{NAME}".encode())
+    data[local + 1 : local + 7] = b"etc/xx"
+    zip_path.write_bytes(bytes(data))
+    with pytest.raises(SidekickError, match="different name in its local header"):
+        extract.ensure_snapshot(NAME)
+
+
+@pytest.mark.parametrize(
+    "entry,directory",
+    [
+        ("/backup/../etc/passwd", "/backup"),
+        ("/backup//x", "/backup"),
+        ("//backup/x", "/backup"),
+        ("/backup/sub/x", "/backup"),
+        ("backup/x", "/backup"),
+        ("/backup/.", "/backup"),
+        ("/backup/..", "/backup"),
+        ("/backup/", "/backup"),
+        ("/backup/x\x00y", "/backup"),
+        ("/backup/x\\..\\..\\y", "/backup"),
+        ("/etc/kubernetes/../../root/.ssh/authorized_keys", "/etc/kubernetes"),
+    ],
+)
+def test_entry_names_escaping_their_directory_are_refused(root: Path, entry: str, directory: str) -> None:
+    with pytest.raises(SidekickError, match="would be written outside"):
+        extract.destination(entry, directory)
+
+
+def test_plain_names_map_under_the_root(root: Path) -> None:
+    assert extract.destination(f"/backup/{NAME}", "/backup") == root / "backup" / NAME
+
+
+# --- the state file ---------------------------------------------------------------------
+@pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
+def test_extractstatefile_writes_tmp_cluster_rkestate(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
+    state = json.dumps(STATE, indent=2).encode()
+    maker(root, state=state)
+    assert extract.run_extractstatefile(Options(command="extractstatefile", name=NAME)) == 0
+    out = root / "tmp" / "cluster.rkestate"
+    assert out.read_bytes() == state
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert not (root / "backup" / NAME).exists()  # only the state file was read
+
+
+def test_extractstatefile_without_state_entry_fails_and_leaves_no_file(root: Path) -> None:
+    make_ours(root)
+    stale = root / "tmp" / "cluster.rkestate"
+    stale.write_text("{}")  # from an earlier run: must not be copied out by RKE
+    with pytest.raises(SidekickError, match=f"has no state file /etc/kubernetes/{NAME}.rkestate"):
+        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+    assert not stale.exists()
+
+
+def test_extractstatefile_refuses_a_state_file_that_is_not_json(root: Path) -> None:
+    make_go(root, state=b"\x00garbage")
+    with pytest.raises(SidekickError, match="is not JSON"):
+        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+    assert not (root / "tmp" / "cluster.rkestate").exists()
+
+
+def test_extractstatefile_checks_the_manifest(root: Path) -> None:
+    zip_path, _ = make_ours(root, state=json.dumps(STATE).encode())
+    with zipfile.ZipFile(zip_path, "a") as archive:
+        body = json.loads(archive.comment)
+        body["sha256"][f"/etc/kubernetes/{NAME}.rkestate"] = "f" * 64
+        archive.comment = json.dumps(body).encode()
+    with pytest.raises(SidekickError, match="does not match the manifest"):
+        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+
+
+def test_extractstatefile_without_archive(root: Path) -> None:
+    with pytest.raises(SidekickError, match=f"snapshot archive /backup/{NAME}.zip not found"):
+        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+
+
+def test_state_file_over_its_limit_is_refused(root: Path) -> None:
+    make_go(root, state=b" " * (extract.MAX_STATE_BYTES + 1))
+    with pytest.raises(SidekickError, match=r"more than the .* allowed"):
+        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
