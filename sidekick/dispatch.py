@@ -30,6 +30,7 @@ TOOLS: dict[str, Tool] = {
     "cert-deployer": Tool("sidekick.certs:main", "write the KUBE_*/KUBECFG_* certificates RKE passes into /etc/kubernetes/ssl"),
     "install": Tool("sidekick.install:main", "lay out the image's file tree (links to this executable) under --prefix"),
     "nginx-proxy": Tool("sidekick.nginx.launcher:main", "render the control-plane TCP proxy config from CP_HOSTS and exec nginx"),
+    "weave-plugins-cni.sh": Tool("sidekick.cni:main", "install the loopback and portmap CNI plugins into /opt/cni/bin, then wait for SIGTERM"),
 }
 
 log = logging.getLogger("sidekick")
