@@ -30,6 +30,8 @@ TOOLS: dict[str, Tool] = {
     "cert-deployer": Tool("sidekick.certs:main", "write the KUBE_*/KUBECFG_* certificates RKE passes into /etc/kubernetes/ssl"),
     "install": Tool("sidekick.install:main", "lay out the image's file tree (links to this executable) under --prefix"),
     "nginx-proxy": Tool("sidekick.nginx.launcher:main", "render the control-plane TCP proxy config from CP_HOSTS and exec nginx"),
+    "share-mnt": Tool("sidekick.mounts:share_mnt", "make host paths shared mounts in the host's mount namespace (legacy)"),
+    "share-root.sh": Tool("sidekick.mounts:share_root", "make / shared in the host's mount namespace, then wait for SIGTERM (legacy)"),
     "weave-plugins-cni.sh": Tool("sidekick.cni:main", "install the loopback and portmap CNI plugins into /opt/cni/bin, then wait for SIGTERM"),
 }
 
