@@ -18,7 +18,6 @@ Options (before the paths):
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from sidekick.errors import UsageError
 from sidekick.host.mountns import STATE_ROOTS, MountNamespace, host_namespace_pid
@@ -29,11 +28,11 @@ from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
-_CURRENT = -1  # --stage2: no nsenter at all
+CURRENT_NAMESPACE = -1  # --stage2: no nsenter at all
 
 
 def parse_args(argv: list[str], *, prog: str) -> tuple[int | None, list[str]]:
-    """(target pid, None to discover, _CURRENT for our own namespace; host paths before ``--``)."""
+    """(target pid, None to discover, CURRENT_NAMESPACE for our own namespace; host paths before ``--``)."""
     target: int | None = None
     paths: list[str] = []
     args = iter(argv)
@@ -41,7 +40,7 @@ def parse_args(argv: list[str], *, prog: str) -> tuple[int | None, list[str]]:
         if arg == "--":
             break
         if arg == "--stage2":
-            target = _CURRENT
+            target = CURRENT_NAMESPACE
         elif arg == "--target-pid" or arg.startswith("--target-pid="):
             value = arg.partition("=")[2] if "=" in arg else next(args, "")
             if not value.isdigit() or int(value) < 1:
@@ -58,7 +57,7 @@ def parse_args(argv: list[str], *, prog: str) -> tuple[int | None, list[str]]:
 
 def namespace(target: int | None) -> MountNamespace:
     runner = Runner()
-    if target == _CURRENT:
+    if target == CURRENT_NAMESPACE:
         return MountNamespace(runner, None)
     if target is None:
         roots = [host_path(prefix + root) for prefix in ("", "/host") for root in STATE_ROOTS]

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from sidekick.errors import SidekickError, UsageError
-from sidekick.host.mountns import container_id, find_init_pid, host_namespace_pid, mount_fields, parent_pid
-from sidekick.mounts import _CURRENT, parse_args
+from sidekick.host.mountns import (
+    container_id,
+    find_init_pid,
+    host_namespace_pid,
+    mount_fields,
+    parent_pid,
+)
+from sidekick.mounts import CURRENT_NAMESPACE, parse_args
 from tests.conftest import SIDEKICK, last_line, run_sidekick
 from tests.harness.ports import wait_for
 
@@ -88,7 +94,7 @@ def test_parse_args() -> None:
     assert parse_args(["/a", "/b", "--", "norun"], prog="p") == (None, ["/a", "/b"])
     assert parse_args(["--target-pid", "12", "/a"], prog="p") == (12, ["/a"])
     assert parse_args(["--target-pid=12", "/a"], prog="p") == (12, ["/a"])
-    assert parse_args(["--stage2", "/a"], prog="p") == (_CURRENT, ["/a"])
+    assert parse_args(["--stage2", "/a"], prog="p") == (CURRENT_NAMESPACE, ["/a"])
     for bad, message in ((["relative"], "not an absolute path"), (["--target-pid", "x"], "needs a process id"),
                          (["--bogus"], "unknown option")):
         with pytest.raises(UsageError, match=message):
