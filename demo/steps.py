@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo.node_tools import cert_deployer_bundle, nginx_proxy_failover
 from tests.harness.etcd import EtcdServer
 from tests.harness.pki import CertificateAuthority, RkeSsl
 from tests.harness.s3 import S3Server
@@ -67,4 +68,6 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("start etcd", start_etcd),
     ("start S3 (HTTPS, own CA)", start_s3),
     ("sidekick install --prefix", install_layout),
+    ("nginx-proxy: traffic and failover", nginx_proxy_failover),
+    ("cert-deployer: RKE bundle", cert_deployer_bundle),
 ]
