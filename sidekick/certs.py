@@ -134,7 +134,10 @@ def check_bundle(items: list[Item], env: Mapping[str, str], *, now: dt.datetime)
             continue
         if item.env.endswith("_KEY"):
             try:
-                keys[item.env[: -len("_KEY")]] = serialization.load_pem_private_key(data, password=None)
+                # Only the public half is compared; OpenSSL's full RSA consistency check costs
+                # ~40 ms a key, most of this tool's run time for nothing it uses.
+                keys[item.env[: -len("_KEY")]] = serialization.load_pem_private_key(
+                    data, password=None, unsafe_skip_rsa_key_validation=True)
             except (ValueError, TypeError):
                 problems.append(f"{item.env} is not a readable unencrypted PEM private key")
             continue
