@@ -128,7 +128,7 @@ def test_render_matches_the_original_shape() -> None:
     assert lines.index("load_module /usr/lib/nginx/modules/ngx_stream_module.so;") < lines.index("stream {")
     for expected in (
         "error_log stderr notice;", "worker_processes auto;", "multi_accept on;", "use epoll;",
-        "worker_connections 1024;", "upstream kube_apiserver {", "listen 6443;",
+        "worker_connections 1024;", "upstream kube_apiserver {", "zone kube_apiserver 64k;", "listen 6443;",
         "proxy_pass kube_apiserver;", "proxy_timeout 10m;", "proxy_connect_timeout 2s;",
         "server 10.0.0.1:6443 max_fails=1 fail_timeout=10s;",
         "server [fd00::1]:6443 max_fails=1 fail_timeout=10s;",

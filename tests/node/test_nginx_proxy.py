@@ -69,6 +69,10 @@ def test_traffic_passes_and_survives_a_dead_backend(
     served = Counter(a.split(b":")[0].decode() for a in answers)
     assert set(served) == {"cp2", "cp3"}
     assert backends[0].connections == before
+    # Passive health with a shared zone: one refused connect marks cp1 down for every worker.
+    log = (tmp_path / "nginx-proxy.log").read_text()
+    assert log.count("connect() failed (111: Connection refused) while connecting to upstream") == 1, log
+    assert "upstream server temporarily disabled while connecting to upstream" in log
 
     assert proxy.stop() == 0
 
