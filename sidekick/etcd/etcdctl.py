@@ -1,0 +1,170 @@
+"""etcdctl (v3 API) through the host's process runner: health, snapshot save, snapshot check.
+
+The argv is the original's: ``etcdctl --endpoints=<as given> --cacert=... --cert=... --key=...``
+with ``ETCDCTL_API=3`` in the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidekick.errors import SidekickError
+from sidekick.etcd.progress import Progress
+from sidekick.host.proc import Runner
+from sidekick.log import kv
+from sidekick.paths import host_path
+
+log = logging.getLogger(__name__)
+
+ETCDCTL = "etcdctl"
+HEALTH_TIMEOUT = 60.0
+SNAPSHOT_TIMEOUT = 3600.0
+STATUS_TIMEOUT = 600.0
+_HASH_SIZE = 32  # etcd appends the sha256 of the db to a snapshot (size % 512 == 32)
+
+
+class EtcdError(SidekickError):
+    pass
+
+
+def container_path(path: str) -> str:
+    """Certificate paths arrive as the container sees them; map absolute ones under the root."""
+    return str(host_path(path)) if path.startswith("/") else path
+
+
+@dataclass
+class Etcdctl:
+    runner: Runner
+    endpoints: str
+    cacert: str
+    cert: str
+    key: str
+    binary: str = ETCDCTL
+
+    def _argv(self, *args: str) -> list[str]:
+        return [
+            self.binary,
+            f"--endpoints={self.endpoints}",
+            f"--cacert={container_path(self.cacert)}",
+            f"--cert={container_path(self.cert)}",
+            f"--key={container_path(self.key)}",
+            *args,
+        ]
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        return {**os.environ, "ETCDCTL_API": "3"}
+
+    def health(self) -> None:
+        """Raise EtcdError unless the endpoint reports healthy."""
+        try:
+            result = self.runner.run(self._argv("endpoint", "health"), timeout=HEALTH_TIMEOUT,
+                                     env=self._env(), check=False)
+        except SidekickError as err:
+            raise EtcdError(f"etcd health check failed: {err}") from None
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        if result.returncode != 0 or "unhealthy" in output:
+            raise EtcdError(f"etcd is not healthy: {_last_line(output) or f'exit {result.returncode}'}")
+
+    def snapshot_save(self, dest: Path, *, progress: Progress | None = None) -> None:
+        """``etcdctl snapshot save dest``; etcdctl itself writes ``dest.part`` then renames."""
+        outcome: dict[str, subprocess.CompletedProcess[bytes] | BaseException] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = self.runner.run(self._argv("snapshot", "save", str(dest)),
+                                                    timeout=SNAPSHOT_TIMEOUT, env=self._env(), check=False)
+            except BaseException as err:  # handed to the waiting thread
+                outcome["error"] = err
+
+        worker = threading.Thread(target=work, name="etcdctl-snapshot", daemon=True)
+        worker.start()
+        part = dest.with_name(dest.name + ".part")
+        seen = 0
+        while worker.is_alive():
+            worker.join(0.5)
+            if progress is not None:
+                size = _size(part) or _size(dest)
+                if size > seen:
+                    progress.add(size - seen)
+                    seen = size
+        error = outcome.get("error")
+        if isinstance(error, BaseException):
+            raise EtcdError(f"etcd snapshot failed: {error}") from None
+        result = outcome["result"]
+        assert isinstance(result, subprocess.CompletedProcess)
+        if result.returncode != 0:
+            text = (result.stderr + result.stdout).decode(errors="replace")
+            raise EtcdError(f"etcd snapshot failed: {_last_line(text) or f'exit {result.returncode}'}")
+        if progress is not None:
+            size = _size(dest)
+            if size > seen:
+                progress.add(size - seen)
+
+    def snapshot_status(self, path: Path) -> dict[str, object]:
+        result = self.runner.run([self.binary, "snapshot", "status", str(path), "-w", "json"],
+                                 timeout=STATUS_TIMEOUT, env=self._env(), check=False)
+        if result.returncode != 0:
+            text = (result.stderr + result.stdout).decode(errors="replace")
+            raise EtcdError(f"snapshot check failed: {_last_line(text) or f'exit {result.returncode}'}")
+        try:
+            status = json.loads(result.stdout.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise EtcdError("snapshot check failed: etcdctl printed no status") from None
+        if not isinstance(status, dict):
+            raise EtcdError("snapshot check failed: unexpected status output")
+        return status
+
+
+def check_snapshot_hash(path: Path, *, chunk: int = 1 << 20) -> bool | None:
+    """Verify the sha256 etcd appends to a snapshot: True ok, None when there is none.
+
+    Raises EtcdError when the trailer does not match the content (a corrupt file).
+    """
+    size = _size(path)
+    if size < _HASH_SIZE or size % 512 != _HASH_SIZE:
+        return None
+    sha = hashlib.sha256()
+    remaining = size - _HASH_SIZE
+    with open(path, "rb") as source:
+        while remaining > 0:
+            data = source.read(min(chunk, remaining))
+            if not data:
+                break
+            sha.update(data)
+            remaining -= len(data)
+        trailer = source.read(_HASH_SIZE)
+    if sha.digest() != trailer:
+        raise EtcdError("snapshot check failed: the sha256 etcd appended does not match the content")
+    return True
+
+
+def verify_snapshot(ctl: Etcdctl, path: Path) -> dict[str, object]:
+    """Both checks: etcd's own reading of the db and the appended hash."""
+    started = time.monotonic()
+    status = ctl.snapshot_status(path)
+    hashed = check_snapshot_hash(path)
+    log.info("snapshot checked", extra=kv(revision=status.get("revision"), keys=status.get("totalKey"),
+                                          hash_trailer="ok" if hashed else "absent",
+                                          seconds=f"{time.monotonic() - started:.2f}"))
+    return status
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
