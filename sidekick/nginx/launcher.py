@@ -9,6 +9,13 @@ disagreement is logged.
 The rendered file is checked with ``nginx -t`` as a candidate next to the live file and only
 then renamed over it, so neither a bad ``CP_HOSTS`` nor a config nginx rejects ever replaces
 the previous working config.
+
+Environment (all optional; unset keeps the original's behaviour):
+  ``NGINX_PROXY_LISTEN_ADDRESS``  IP to listen on (default: every interface)
+  ``NGINX_PROXY_LISTEN_PORT``     port to listen on (default 6443)
+  ``NGINX_PROXY_MAX_FAILS``       failed connects that mark a node down (default 1)
+  ``NGINX_PROXY_FAIL_TIMEOUT``    how long it stays down / the counting window (default 10s)
+A ``CP_HOSTS`` item may carry ``:port`` (default 6443); IPv6 may be bare or in brackets.
 """
 
 from __future__ import annotations
