@@ -196,3 +196,25 @@ def test_bad_etcd_ids(root: Path, bundle: dict[str, str]) -> None:
     with pytest.raises(UsageError, match="must be numeric ids"):
         deploy({**bundle, "ETCD_UID": "etcd", "ETCD_GID": "1"}, acl=NoAcl())
     assert not ssl_dir(root).exists()  # refused before anything was written
+
+
+def test_one_etcd_id_alone_is_ignored_with_a_warning(root: Path, bundle: dict[str, str],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    deploy({**bundle, "ETCD_UID": "1001"}, acl=NoAcl())  # NoAcl: ACLs must stay untouched
+    assert "only one of ETCD_UID and ETCD_GID is set" in caplog.text
+    assert stat.S_IMODE((ssl_dir(root) / "kube-ca.pem").stat().st_mode) == 0o600
+
+
+def test_leftovers_of_an_interrupted_run_are_removed(root: Path) -> None:
+    directory = ssl_dir(root)
+    directory.mkdir(parents=True)
+    (directory / ".sidekick-tmp-kube-ca.pem.0badc0de").write_text("half a certificate")
+    deploy({"KUBE_CA": "x"}, acl=NoAcl())
+    assert sorted(p.name for p in directory.iterdir()) == ["kube-ca.pem"]
+
+
+def test_arguments_are_refused() -> None:
+    from sidekick.certs import main
+
+    with pytest.raises(UsageError, match="takes no arguments"):
+        main(["--force"])
