@@ -1,0 +1,87 @@
+/*
+ * The volume's front door: /opt/rke-tools/sidekick, and every tool name linked to it
+ * (entrypoint.sh, rke-etcd-backup, ...).
+ *
+ * It runs inside foreign images (hyperkube) that have no Python and any C library, so it is
+ * linked statically and needs nothing from them. It execs the volume's own dynamic loader on
+ * the volume's own Python:
+ *
+ *   <vol>/lib/ld-linux-x86-64.so.2 --library-path <vol>/lib --argv0 <vol>/bin/python3
+ *       <vol>/bin/python3 -I -S -X utf8 -c BOOT <argv[0]> <argv[1]> ...
+ *
+ * <vol> is the directory holding this executable (from /proc/self/exe, so links to it from
+ * anywhere work). The loader and --library-path keep the foreign C library, LD_LIBRARY_PATH
+ * and the foreign loader out; -I ignores PYTHONPATH, PYTHONHOME and user site; -S skips
+ * site.py; -X utf8 makes I/O independent of the foreign locale. argv[0] is passed on
+ * unchanged, so the dispatcher still picks the tool by the name it was called by.
+ *
+ * In the C locale (most containers) Python sets LC_CTYPE=C.UTF-8 in its own environment
+ * (PEP 538), which the Kubernetes component entrypoint.sh execs would inherit. So the
+ * launcher hands the original LC_CTYPE over in SIDEKICK_LAUNCHER_LC_CTYPE ("=value", or empty
+ * when unset) and the boot code puts it back before any tool runs.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LC_KEEP "SIDEKICK_LAUNCHER_LC_CTYPE"
+#define BOOT                                                          \
+    "import os, sys\n"                                                \
+    "lc = os.environ.pop('" LC_KEEP "', None)\n"                       \
+    "if lc: os.environ['LC_CTYPE'] = lc[1:]\n"                        \
+    "elif lc is not None: os.environ.pop('LC_CTYPE', None)\n"         \
+    "sys.path.append(sys.prefix + '/lib/python3/site-packages')\n"    \
+    "from sidekick.dispatch import main\n"                            \
+    "sys.exit(main(sys.argv[1:]))\n"
+
+static void fail(const char *what, const char *path)
+{
+    fprintf(stderr, "level=fatal msg=\"sidekick launcher: %s %s: %s\"\n", what, path, strerror(errno));
+    exit(127);
+}
+
+int main(int argc, char **argv)
+{
+    static char self[PATH_MAX], loader[PATH_MAX], libdir[PATH_MAX], python[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        fail("cannot read", "/proc/self/exe");
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash == NULL)
+        fail("unexpected path", self);
+    *slash = '\0';
+    if (snprintf(loader, sizeof loader, "%s/lib/ld-linux-x86-64.so.2", self) >= (int)sizeof loader ||
+        snprintf(libdir, sizeof libdir, "%s/lib", self) >= (int)sizeof libdir ||
+        snprintf(python, sizeof python, "%s/bin/python3", self) >= (int)sizeof python) {
+        errno = ENAMETOOLONG;
+        fail("path too long:", self);
+    }
+
+    const char *lc = getenv("LC_CTYPE");
+    size_t lclen = lc ? strlen(lc) + 2 : 1;
+    char *keep = malloc(lclen);
+    if (keep == NULL)
+        fail("out of memory for", "LC_CTYPE");
+    snprintf(keep, lclen, "%s%s", lc ? "=" : "", lc ? lc : "");
+    if (setenv(LC_KEEP, keep, 1) != 0)
+        fail("cannot set", LC_KEEP);
+
+    const char *head[] = {loader, "--library-path", libdir, "--argv0", python, python,
+                          "-I", "-S", "-X", "utf8", "-c", BOOT};
+    size_t nhead = sizeof head / sizeof head[0];
+    char **args = calloc(nhead + (size_t)argc + 1, sizeof *args);
+    if (args == NULL)
+        fail("out of memory for", "argv");
+    for (size_t i = 0; i < nhead; i++)
+        args[i] = (char *)head[i];
+    for (int i = 0; i < argc; i++)
+        args[nhead + (size_t)i] = argv[i];
+    args[nhead + (size_t)argc] = NULL;
+    execv(loader, args);
+    fail("cannot execute", loader);
+    return 127;
+}
