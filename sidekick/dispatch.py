@@ -28,8 +28,11 @@ class Tool(NamedTuple):
 # The original image's names. A name appears here only once its module exists.
 TOOLS: dict[str, Tool] = {
     "cert-deployer": Tool("sidekick.certs:main", "write the KUBE_*/KUBECFG_* certificates RKE passes into /etc/kubernetes/ssl"),
+    "cloud-provider.sh": Tool("sidekick.cloud_provider:main", "complete /etc/kubernetes/cloud-config from Azure instance metadata and Resource Manager"),
+    "entrypoint.sh": Tool("sidekick.entrypoint:main", "prepare the node for a Kubernetes component (kubelet, kube-proxy, Azure, AWS), then exec it"),
     "install": Tool("sidekick.install:main", "lay out the image's file tree (links to this executable) under --prefix"),
     "nginx-proxy": Tool("sidekick.nginx.launcher:main", "render the control-plane TCP proxy config from CP_HOSTS and exec nginx"),
+    "rke-etcd-backup": Tool("sidekick.etcd.cli:main", "etcd snapshots: etcd-backup save|delete|download|serve|extractstatefile (local and S3)"),
     "share-mnt": Tool("sidekick.mounts:share_mnt", "make host paths shared mounts in the host's mount namespace (legacy)"),
     "share-root.sh": Tool("sidekick.mounts:share_root", "make / shared in the host's mount namespace, then wait for SIGTERM (legacy)"),
     "weave-plugins-cni.sh": Tool("sidekick.cni:main", "install the loopback and portmap CNI plugins into /opt/cni/bin, then wait for SIGTERM"),

@@ -1,0 +1,153 @@
+"""``/opt/rke-tools/entrypoint.sh COMPONENT ARGS...``: prepare, then become the component.
+
+RKE starts every Kubernetes container through this (contract section 2). It runs the
+command it is given, replacing itself (exec), with the arguments as given plus:
+
+* kubelet, kube-proxy: the iptables wrapper selected (``update-alternatives``) each start;
+  kube-proxy with ``RKE_KUBE_PROXY_BR_NETFILTER=true``: ``br_netfilter`` loaded (a failure
+  is a warning);
+* kubelet, kube-apiserver, kube-controller-manager with ``cloud-provider=azure`` in any
+  argument: ``/etc/kubernetes/cloud-config`` completed from Azure (:mod:`sidekick.cloud_provider`);
+* kubelet, kube-proxy without ``--hostname-override``: ``--hostname-override=`` from EC2
+  metadata (IMDSv2, short timeouts), else the host's FQDN;
+* kubelet: the container prepared and ``--cgroup-driver=`` added (:mod:`sidekick.kubelet`).
+
+Flag order is random and values may be empty (RKE renders a Go map), so nothing here
+depends on position. Components that need none of this (kube-scheduler, kube-apiserver
+without Azure) take the fast path: this module imports nothing heavy, and the others
+are imported only on the branch that needs them.
+
+Environment for tests: ``SIDEKICK_AWS_METADATA_URL`` (default ``http://169.254.169.254``)
+moves the EC2 metadata service; see :mod:`sidekick.cloud_provider` for Azure's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+from sidekick.errors import SidekickError, UsageError
+
+log = logging.getLogger(__name__)
+
+ExecFn = Callable[[list[str]], int]
+
+AZURE_COMPONENTS = frozenset({"kubelet", "kube-apiserver", "kube-controller-manager"})
+IPTABLES_COMPONENTS = frozenset({"kubelet", "kube-proxy"})
+HOSTNAME_COMPONENTS = frozenset({"kubelet", "kube-proxy"})
+IPTABLES_WRAPPER = "/usr/sbin/iptables-wrapper"
+USAGE = "usage: entrypoint.sh COMMAND [ARGS...]"
+
+
+# --- decisions -----------------------------------------------------------------------
+def flag_values(args: Sequence[str], name: str) -> list[str]:
+    """Every value of ``--name=value`` (``--name`` alone counts as an empty value), in order."""
+    prefix = name + "="
+    return [a[len(prefix) :] if a.startswith(prefix) else "" for a in args if a == name or a.startswith(prefix)]
+
+
+def has_flag(args: Sequence[str], name: str) -> bool:
+    return bool(flag_values(args, name))
+
+
+def wants_azure(args: Sequence[str]) -> bool:
+    """The original grepped the whole command line for ``cloud-provider=azure``."""
+    return bool(args) and args[0] in AZURE_COMPONENTS and any("cloud-provider=azure" in a for a in args)
+
+
+def wants_iptables_wrapper(component: str) -> bool:
+    return component in IPTABLES_COMPONENTS
+
+
+def wants_br_netfilter(component: str, env: Mapping[str, str]) -> bool:
+    """Opt-in by RKE (rancher/rancher#49246); only the exact value ``true`` counts, as before."""
+    return component == "kube-proxy" and env.get("RKE_KUBE_PROXY_BR_NETFILTER") == "true"
+
+
+def wants_hostname(args: Sequence[str]) -> bool:
+    """RKE drops ``--hostname-override`` for AWS with instance-metadata hostnames (an empty
+    value still counts as given)."""
+    return bool(args) and args[0] in HOSTNAME_COMPONENTS and not has_flag(args, "--hostname-override")
+
+
+def iptables_wrapper_argv(root: str) -> list[str]:
+    """Select the wrapper that picks legacy or nft iptables to match the host's rules.
+
+    Under a non-default root (tests, the demo) the alternatives of that tree are changed.
+    """
+    scope = ["--root", root] if root.rstrip("/") else []
+    return ["update-alternatives", *scope, "--set", "iptables", IPTABLES_WRAPPER]
+
+
+def modprobe_argv(module: str, root: str) -> list[str]:
+    scope = ["-d", root] if root.rstrip("/") else []
+    return ["modprobe", *scope, module]
+
+
+# --- effects -------------------------------------------------------------------------
+def exec_command(argv: list[str]) -> int:
+    """Replace this process with ``argv`` (found on PATH); returns only by raising."""
+    log.info("exec", extra={"fields": {"command": " ".join(argv)}})
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        code = 127 if isinstance(err, FileNotFoundError) else 126
+        raise SidekickError(f"cannot exec {argv[0]}: {err.strerror}", exit_code=code) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def node_hostname() -> str:
+    """EC2's name for this instance, or the FQDN (what ``hostname -f`` prints)."""
+    import socket
+
+    from sidekick.host.metadata import AWS_METADATA_ENV, AWS_METADATA_URL, Ec2Metadata
+
+    name = Ec2Metadata(os.environ.get(AWS_METADATA_ENV) or AWS_METADATA_URL).hostname()
+    if name:
+        return name.split()[0]
+    short = socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(short, None, flags=socket.AI_CANONNAME)
+    except OSError:
+        return short
+    return next((info[3] for info in infos if info[3]), short)
+
+
+def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
+    if not argv or argv[0] in {"-h", "--help"}:
+        if argv:
+            print(USAGE)
+            return 0
+        raise UsageError(USAGE)
+    args = list(argv)
+    component = args[0]
+    env = os.environ
+    if wants_iptables_wrapper(component) or wants_br_netfilter(component, env):
+        from sidekick.host.proc import Runner
+        from sidekick.paths import root
+
+        runner = Runner()
+        if wants_iptables_wrapper(component):
+            try:
+                runner.run(iptables_wrapper_argv(str(root())), timeout=30)
+            except SidekickError as err:
+                log.warning("could not select the iptables wrapper: %s", err)
+        if wants_br_netfilter(component, env):
+            try:
+                runner.run(modprobe_argv("br_netfilter", str(root())), timeout=30)
+            except SidekickError as err:
+                log.warning("could not load br_netfilter: %s", err)
+    if wants_azure(args):
+        from sidekick.cloud_provider import complete_quietly
+
+        complete_quietly()
+    if wants_hostname(args):
+        name = node_hostname()
+        log.info("no --hostname-override given, using the instance's name", extra={"fields": {"hostname": name}})
+        args.append(f"--hostname-override={name}")
+    if component == "kubelet":
+        from sidekick.kubelet import run as run_kubelet
+
+        return run_kubelet(args, env, exec_fn=exec_fn)
+    return exec_fn(args)
