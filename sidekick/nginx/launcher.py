@@ -62,7 +62,7 @@ def cp_hosts_value(argv: list[str], env: Mapping[str, str]) -> str:
     if from_args is not None:
         log.info("CP_HOSTS not in the environment; using the argument", extra=kv(value=from_args))
         return from_args
-    raise UsageError("CP_HOSTS is not set (expected CP_HOSTS=ip1,ip2 in the environment)")
+    raise UsageError("CP_HOSTS is not set or empty (expected CP_HOSTS=ip1,ip2 in the environment)")
 
 
 def _configure_args(version_output: str) -> dict[str, str]:

@@ -84,7 +84,7 @@ def test_argument_used_when_environment_lacks_it() -> None:
 
 
 def test_missing_cp_hosts_and_stray_arguments_are_usage_errors() -> None:
-    with pytest.raises(UsageError, match="CP_HOSTS is not set"):
+    with pytest.raises(UsageError, match="CP_HOSTS is not set or empty"):
         cp_hosts_value([], {})
     with pytest.raises(UsageError, match="unexpected argument 'oops'"):
         cp_hosts_value(["oops"], {"CP_HOSTS": "10.0.0.1"})
