@@ -66,6 +66,7 @@ def cert_deployer_bundle(ctx: Context) -> str:
     directory = ctx.root / "etc/kubernetes/ssl"
     modes = Counter(f"{stat.S_IMODE(p.stat().st_mode):04o}" for p in directory.iterdir() if p.is_file())
     written, kept, skipped = summary.groups()
-    return (f"{len(env)} KUBE_*/KUBECFG_* vars: written={written} kept={kept} skipped={skipped}; "
+    # "kept": files already present (the etcd step placed kube-ca/kube-node/kube-etcd), not rewritten without FORCE_DEPLOY.
+    return (f"{len(env)} KUBE_*/KUBECFG_* vars: written={written} kept={kept} (already there) skipped={skipped}; "
             f"dir {stat.S_IMODE(directory.stat().st_mode):04o}, files "
             + ", ".join(f"{count}x{mode}" for mode, count in sorted(modes.items())) + "; no PEM in the log")
