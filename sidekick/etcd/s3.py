@@ -77,12 +77,9 @@ def load_endpoint_ca(value: str) -> bytes:
     """``--s3-endpoint-ca``: base64 of a PEM (as RKE sends it) or a file path; must hold a cert."""
     from cryptography import x509
 
-    pem: bytes | None = None
     try:
         pem = base64.b64decode(value.replace("\n", "").replace("\r", ""), validate=True)
     except (binascii.Error, ValueError):
-        pem = None
-    if not pem or b"-----BEGIN" not in pem:
         try:
             pem = Path(value).read_bytes()
         except OSError as err:
@@ -359,11 +356,17 @@ class S3Store:
 
 
 def _fd_sha256(fd: int, chunk: int = 1 << 20) -> str:
+    # ``fd`` is atomic_output's write-only temp file: read it back through a second,
+    # read-only open of the same file (parts arrive out of order, so no streaming hash).
     sha = hashlib.sha256()
     offset = 0
-    while data := os.pread(fd, chunk, offset):
-        sha.update(data)
-        offset += len(data)
+    reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while data := os.pread(reader, chunk, offset):
+            sha.update(data)
+            offset += len(data)
+    finally:
+        os.close(reader)
     return sha.hexdigest()
 
 
