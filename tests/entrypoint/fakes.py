@@ -1,0 +1,264 @@
+"""Small real HTTP servers speaking the shapes of services that cannot run here.
+
+EC2's instance metadata (IMDSv2 tokens), Azure's instance metadata, Azure AD's token
+endpoint and Resource Manager on loopback, and the Docker Engine API on a unix socket.
+Each records the requests it saw so tests can check what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "fake"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _handle(self) -> None:
+        parts = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        seen = Seen(
+            self.command, parts.path, dict(urllib.parse.parse_qsl(parts.query)),
+            {k.lower(): v for k, v in self.headers.items()}, body,
+        )  # fmt: skip
+        app = self.server.app  # type: ignore[attr-defined]
+        app.seen.append(seen)
+        status, payload = app.answer(seen)
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain" if isinstance(payload, bytes) else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = _handle
+
+
+class App:
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+
+    def answer(self, req: Seen) -> tuple[int, bytes | dict[str, Any] | list[Any]]:
+        raise NotImplementedError
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve on 127.0.0.1; yields the base URL."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.app = self  # type: ignore[attr-defined]
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+# --- EC2 -----------------------------------------------------------------------------
+class Ec2Imds(App):
+    """IMDS with ``mode``: v2 (tokens required), v1 (no token API), off (403), slow."""
+
+    TOKEN = "AQAEAFakeImdsV2SessionToken=="
+
+    def __init__(self, hostname: str = "ip-10-0-0-7.eu-west-1.compute.internal", mode: str = "v2") -> None:
+        super().__init__()
+        self.hostname = hostname
+        self.mode = mode
+
+    def answer(self, req: Seen) -> tuple[int, bytes | dict[str, Any] | list[Any]]:
+        if self.mode == "slow":
+            time.sleep(3)
+        if req.path == "/latest/api/token":
+            if req.method != "PUT":
+                return 405, b""
+            if self.mode == "v1":
+                return 404, b""
+            if self.mode == "off":
+                return 403, b""
+            ttl = req.headers.get("x-aws-ec2-metadata-token-ttl-seconds", "")
+            if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                return 400, b""
+            return 200, self.TOKEN.encode()
+        if req.path == "/latest/meta-data/hostname" and req.method == "GET":
+            if self.mode == "v2" and req.headers.get("x-aws-ec2-metadata-token") != self.TOKEN:
+                return 401, b""
+            return 200, self.hostname.encode()
+        return 404, b""
+
+
+# --- Azure ---------------------------------------------------------------------------
+SUB = "8d2b1a3c-0000-4000-8000-000000000001"
+TENANT = "72f988bf-0000-4000-8000-000000000002"
+CLIENT_ID = "c1d2e3f4-0000-4000-8000-000000000003"
+CLIENT_SECRET = "Zq8~supersecret.client-value_42"
+
+
+@dataclass
+class AzureWorld:
+    """The VM the fake describes, and where its network lives."""
+
+    vm_name: str = "node-1"
+    vm_group: str = "rke-nodes"
+    location: str = "westeurope"
+    scale_set: str = ""  # set -> the VM is a scale-set instance
+    instance_id: str = "3"
+    vnet_group: str = "rke-net"
+    vnet: str = "rke-vnet"
+    subnet: str = "nodes"
+    nsg: str = "rke-nsg"
+    resource: str = "https://management.azure.com/"
+    secret: str = CLIENT_SECRET
+    extra_instances: int = 0  # more instances before ours, paged two per page
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class Azure(App):
+    """Azure IMDS + Azure AD v1 token endpoint + Resource Manager in one server."""
+
+    TOKEN = "eyJ0eXAiOiJKV1QiFakeArmAccessToken.payload.sig"
+
+    def __init__(self, world: AzureWorld | None = None) -> None:
+        super().__init__()
+        self.world = world or AzureWorld()
+        self.base = ""
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        with super().serve() as base:
+            self.base = base
+            yield base
+
+    def _nic(self, nic_id: str) -> dict[str, Any]:
+        w = self.world
+        subnet_id = (
+            f"/subscriptions/{SUB}/resourceGroups/{w.vnet_group}/providers/Microsoft.Network"
+            f"/virtualNetworks/{w.vnet}/subnets/{w.subnet}"
+        )
+        props: dict[str, Any] = {
+            "primary": True,
+            "ipConfigurations": [
+                {"name": "secondary", "properties": {"primary": False, "subnet": {"id": subnet_id.replace(w.subnet, "other")}}},
+                {"name": "ipconfig1", "properties": {"primary": True, "privateIPAddress": "10.0.0.7", "subnet": {"id": subnet_id}}},
+            ],
+        }
+        if w.nsg:
+            props["networkSecurityGroup"] = {
+                "id": f"/subscriptions/{SUB}/resourceGroups/{w.vm_group}/providers/Microsoft.Network/networkSecurityGroups/{w.nsg}"
+            }
+        return {"name": nic_id.rsplit("/", 1)[-1], "id": nic_id, "properties": props}
+
+    def answer(self, req: Seen) -> tuple[int, bytes | dict[str, Any] | list[Any]]:
+        w = self.world
+        if req.path == "/metadata/instance/compute":
+            if req.headers.get("metadata") != "true" or req.query.get("api-version") != "2019-08-15":
+                return 400, {"error": "Bad request. Required metadata header not specified"}
+            compute = {
+                "name": f"{w.scale_set}_{w.instance_id}" if w.scale_set else w.vm_name,
+                "location": w.location, "resourceGroupName": w.vm_group,
+                "subscriptionId": SUB, "vmScaleSetName": w.scale_set, "vmId": "0b7a-fake",
+                **w.overrides,
+            }  # fmt: skip
+            return 200, compute
+        if req.path == f"/{TENANT}/oauth2/token" and req.method == "POST":
+            form = dict(urllib.parse.parse_qsl(req.body.decode()))
+            if form.get("grant_type") != "client_credentials" or form.get("resource") != w.resource:
+                return 400, {"error": "invalid_request"}
+            if form.get("client_id") != CLIENT_ID or form.get("client_secret") != w.secret:
+                return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}
+            return 200, {"token_type": "Bearer", "expires_in": "3599", "resource": w.resource, "access_token": self.TOKEN}
+        if req.headers.get("authorization") != f"Bearer {self.TOKEN}":
+            return 401, {"error": {"code": "AuthenticationFailed"}}
+        if not req.query.get("api-version"):
+            return 400, {"error": {"code": "MissingApiVersionParameter"}}
+        compute_base = f"/subscriptions/{SUB}/resourceGroups/{w.vm_group}/providers/Microsoft.Compute"
+        nic_id = f"/subscriptions/{SUB}/resourceGroups/{w.vm_group}/providers/Microsoft.Network/networkInterfaces/{w.vm_name}-nic"
+        if not w.scale_set and req.path == f"{compute_base}/virtualMachines/{w.vm_name}":
+            refs = [{"id": nic_id.replace("-nic", "-nic2"), "properties": {"primary": False}}, {"id": nic_id, "properties": {"primary": True}}]
+            return 200, {"name": w.vm_name, "properties": {"networkProfile": {"networkInterfaces": refs}}}
+        if not w.scale_set and req.path == nic_id:
+            return 200, self._nic(nic_id)
+        if w.scale_set:
+            vms = f"{compute_base}/virtualMachineScaleSets/{w.scale_set}/virtualMachines"
+            if req.path == vms:
+                names = [(f"{w.scale_set}_{i + 10}", str(i + 10)) for i in range(w.extra_instances)]
+                names.append((f"{w.scale_set}_{w.instance_id}", w.instance_id))
+                page = int(req.query.get("page", "0"))
+                chunk = names[page * 2 : page * 2 + 2]
+                body: dict[str, Any] = {"value": [{"name": n, "instanceId": i} for n, i in chunk]}
+                if page * 2 + 2 < len(names):
+                    body["nextLink"] = f"{self.base}{vms}?api-version={req.query['api-version']}&page={page + 1}"
+                return 200, body
+            if req.path == f"{vms}/{w.instance_id}/networkInterfaces" and req.query.get("api-version") == "2018-10-01":
+                vmss_nic = f"{vms}/{w.instance_id}/networkInterfaces/{w.scale_set}-nic"
+                return 200, {"value": [self._nic(vmss_nic)]}
+        return 404, {"error": {"code": "ResourceNotFound", "message": f"{req.path} not found"}}
+
+
+# --- Docker --------------------------------------------------------------------------
+class _UnixHandler(_Handler):
+    def address_string(self) -> str:
+        return "unix"
+
+
+class _UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+class DockerApi(App):
+    """``GET /info`` and ``/_ping`` of the Engine API."""
+
+    def __init__(self, *, cgroup_driver: str = "cgroupfs", cgroup_version: str | None = "1",
+                 root_dir: str = "/var/lib/docker", selinux: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.info: dict[str, Any] = {
+            "ID": "fake-engine", "Driver": "overlay2", "CgroupDriver": cgroup_driver,
+            "DockerRootDir": root_dir, "ServerVersion": "28.2.2",
+            "SecurityOptions": ["name=seccomp,profile=builtin", *(["name=selinux"] if selinux else [])],
+        }  # fmt: skip
+        if cgroup_version is not None:
+            self.info["CgroupVersion"] = cgroup_version
+
+    def answer(self, req: Seen) -> tuple[int, bytes | dict[str, Any] | list[Any]]:
+        if req.method == "GET" and req.path in ("/info", "/v1.24/info"):
+            return 200, self.info
+        if req.path == "/_ping":
+            return 200, b"OK"
+        return 404, {"message": f"page not found: {req.path}"}
+
+    @contextmanager
+    def serve_unix(self, path: Path) -> Iterator[Path]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        server = _UnixServer(str(path), _UnixHandler)
+        server.app = self  # type: ignore[attr-defined]
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        thread.start()
+        try:
+            yield path
+        finally:
+            server.shutdown()
+            server.server_close()
+            path.unlink(missing_ok=True)

@@ -1,0 +1,266 @@
+"""The clients against fake services speaking the real shapes: EC2 IMDS, Azure, Docker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from sidekick import cloud_provider
+from sidekick.cloud_provider import CLOUDS, AzureArm, AzureCloud
+from sidekick.errors import SidekickError
+from sidekick.host.docker import DockerEngine
+from sidekick.host.metadata import AzureMetadata, Ec2Metadata
+from tests.entrypoint.fakes import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SUB,
+    TENANT,
+    Azure,
+    AzureWorld,
+    DockerApi,
+    Ec2Imds,
+)
+
+
+# --- EC2 -------------------------------------------------------------------------------
+def test_imdsv2_puts_a_token_then_gets_the_hostname_with_it() -> None:
+    imds = Ec2Imds()
+    with imds.serve() as base:
+        assert Ec2Metadata(base).hostname() == imds.hostname
+    put, get = imds.seen
+    assert (put.method, put.path) == ("PUT", "/latest/api/token")
+    assert put.headers["x-aws-ec2-metadata-token-ttl-seconds"] == Ec2Metadata.TOKEN_TTL
+    assert (get.method, get.path) == ("GET", "/latest/meta-data/hostname")
+    assert get.headers["x-aws-ec2-metadata-token"] == Ec2Imds.TOKEN
+
+
+def test_imds_without_token_api_falls_back_to_v1() -> None:
+    imds = Ec2Imds(mode="v1")
+    with imds.serve() as base:
+        assert Ec2Metadata(base).hostname() == imds.hostname
+    assert "x-aws-ec2-metadata-token" not in imds.seen[-1].headers
+
+
+def test_imds_switched_off_gives_no_name_and_no_second_request() -> None:
+    imds = Ec2Imds(mode="off")
+    with imds.serve() as base:
+        assert Ec2Metadata(base).hostname() is None
+    assert [s.method for s in imds.seen] == ["PUT"]
+
+
+def test_imds_that_hangs_is_abandoned_within_the_budget() -> None:
+    imds = Ec2Imds(mode="slow")
+    with imds.serve() as base:
+        start = time.monotonic()
+        assert Ec2Metadata(base, request_timeout=0.3, total=0.5).hostname() is None
+        assert time.monotonic() - start < 1.5
+
+
+def test_no_imds_at_all_is_quick() -> None:
+    from tests.harness.ports import free_port
+
+    start = time.monotonic()
+    assert Ec2Metadata(f"http://127.0.0.1:{free_port()}").hostname() is None
+    assert time.monotonic() - start < 1.0
+
+
+def test_token_never_reaches_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    from sidekick.log import redact
+
+    with Ec2Imds().serve() as base:
+        Ec2Metadata(base).hostname()
+    assert redact(f"token {Ec2Imds.TOKEN}") == "token REDACTED"
+
+
+# --- Azure -----------------------------------------------------------------------------
+BASE_CONFIG = {
+    "cloud": "AzurePublicCloud", "tenantId": TENANT, "subscriptionId": SUB,
+    "aadClientId": CLIENT_ID, "aadClientSecret": CLIENT_SECRET,
+    "resourceGroup": "", "location": "", "vmType": "standard",
+    "subnetName": "", "securityGroupName": "", "vnetName": "", "vnetResourceGroup": "",
+    "primaryAvailabilitySetName": "rke-as", "cloudProviderBackoff": False,
+}  # fmt: skip
+
+
+def write_config(tmp_path: Path, config: dict[str, object], mode: int = 0o600) -> Path:
+    path = tmp_path / "cloud-config"
+    path.write_text(json.dumps(config))
+    os.chmod(path, mode)
+    return path
+
+
+def complete_against(fake: Azure, path: Path) -> bool:
+    with fake.serve() as base:
+
+        def arm(cloud: AzureCloud) -> AzureArm:
+            return AzureArm(login_url=base, arm_url=base, resource=cloud.arm + "/")
+
+        return cloud_provider.complete(path, imds=AzureMetadata(base), arm_factory=arm)
+
+
+def test_vm_network_is_completed_from_imds_and_arm(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = Azure()
+    path = write_config(tmp_path, BASE_CONFIG, mode=0o640)
+    with caplog.at_level(logging.DEBUG, logger="sidekick"):
+        assert complete_against(fake, path)
+    config = json.loads(path.read_text())
+    assert {k: config[k] for k in cloud_provider.FILLED_FIELDS} == {
+        "subscriptionId": SUB, "location": "westeurope", "resourceGroup": "rke-nodes",
+        "vnetResourceGroup": "rke-net", "vnetName": "rke-vnet", "subnetName": "nodes", "securityGroupName": "rke-nsg",
+    }  # fmt: skip
+    assert config["useInstanceMetadata"] is True
+    assert config["primaryAvailabilitySetName"] == "rke-as" and config["aadClientSecret"] == CLIENT_SECRET
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    imds_req, token_req, vm_req, nic_req = fake.seen
+    assert imds_req.headers["metadata"] == "true" and imds_req.query["api-version"] == "2019-08-15"
+    assert token_req.path == f"/{TENANT}/oauth2/token"
+    assert token_req.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert vm_req.path.endswith("/providers/Microsoft.Compute/virtualMachines/node-1")
+    assert nic_req.path.endswith("/networkInterfaces/node-1-nic")  # the primary one
+    assert all(r.query.get("api-version") for r in (vm_req, nic_req))
+    assert CLIENT_SECRET not in caplog.text and Azure.TOKEN not in caplog.text
+
+
+def test_vmss_instance_found_across_pages(tmp_path: Path) -> None:
+    fake = Azure(AzureWorld(scale_set="rke-ss", instance_id="7", extra_instances=3, nsg="ss-nsg"))
+    path = write_config(tmp_path, {**BASE_CONFIG, "vmType": "vmss"})
+    assert complete_against(fake, path)
+    config = json.loads(path.read_text())
+    assert (config["subnetName"], config["securityGroupName"], config["vnetName"]) == ("nodes", "ss-nsg", "rke-vnet")
+    pages = [r for r in fake.seen if r.path.endswith("/virtualMachineScaleSets/rke-ss/virtualMachines")]
+    assert len(pages) == 2
+    nic_list = fake.seen[-1]
+    assert nic_list.path.endswith("/virtualMachineScaleSets/rke-ss/virtualMachines/7/networkInterfaces")
+    assert nic_list.query["api-version"] == "2018-10-01"
+
+
+def test_user_values_win_and_arm_is_skipped_when_the_network_is_given(tmp_path: Path) -> None:
+    given = {**BASE_CONFIG, "vnetResourceGroup": "g", "vnetName": "v", "subnetName": "s", "securityGroupName": "n", "location": "northeurope"}
+    fake = Azure()
+    path = write_config(tmp_path, given)
+    assert complete_against(fake, path)
+    config = json.loads(path.read_text())
+    assert (config["location"], config["subnetName"], config["resourceGroup"]) == ("northeurope", "s", "rke-nodes")
+    assert [r.path for r in fake.seen] == ["/metadata/instance/compute"]
+
+
+def test_already_complete_config_is_not_rewritten(tmp_path: Path) -> None:
+    done = {**BASE_CONFIG, "resourceGroup": "rke-nodes", "location": "westeurope", "vnetResourceGroup": "g",
+            "vnetName": "v", "subnetName": "s", "securityGroupName": "n", "useInstanceMetadata": True}  # fmt: skip
+    path = write_config(tmp_path, done)
+    before = path.stat().st_ino
+    assert complete_against(Azure(), path)
+    assert path.stat().st_ino == before
+
+
+@pytest.mark.parametrize(
+    ("world", "config_changes", "missing"),
+    [
+        (AzureWorld(secret="other-secret-value"), {}, "vnetResourceGroup"),  # login refused
+        (AzureWorld(nsg=""), {}, "securityGroupName"),  # NSG on the subnet only
+        (AzureWorld(), {"aadClientSecret": ""}, "vnetName"),  # no credentials
+        (AzureWorld(), {"cloud": "AzureStackCloud"}, "subnetName"),  # unknown cloud
+        (AzureWorld(vm_name="ghost"), {}, "subnetName"),  # IMDS names a VM ARM does not know
+        (AzureWorld(), {"vmType": "vmss"}, "subnetName"),  # vmss config on a plain VM
+    ],
+)
+def test_missing_values_keep_the_passed_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, world: AzureWorld, config_changes: dict[str, object], missing: str
+) -> None:
+    fake = Azure(world)
+    if world.vm_name == "ghost":
+        fake.world.overrides["name"] = "ghost-not-there"
+    path = write_config(tmp_path, {**BASE_CONFIG, **config_changes})
+    before = path.read_bytes()
+    with caplog.at_level(logging.INFO, logger="sidekick"):
+        assert not complete_against(fake, path)
+    assert path.read_bytes() == before
+    warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and missing in warning[0].fields["missing"]  # type: ignore[attr-defined]
+    assert CLIENT_SECRET not in caplog.text and "other-secret-value" not in caplog.text
+
+
+def test_unreadable_or_non_object_config_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SidekickError, match="does not exist"):
+        cloud_provider.complete(tmp_path / "absent")
+    path = tmp_path / "cloud-config"
+    path.write_text("[1, 2]")
+    with pytest.raises(SidekickError, match="not a JSON object"):
+        cloud_provider.complete(path)
+    path.write_text("{broken")
+    with pytest.raises(SidekickError, match="cannot read"):
+        cloud_provider.complete(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "login", "arm"),
+    [
+        ("", "https://login.microsoftonline.com", "https://management.azure.com"),
+        ("AzurePublicCloud", "https://login.microsoftonline.com", "https://management.azure.com"),
+        ("AzureUSGovernmentCloud", "https://login.microsoftonline.us", "https://management.usgovcloudapi.net"),
+        ("AzureUSGovernment", "https://login.microsoftonline.us", "https://management.usgovcloudapi.net"),
+        ("azurechinacloud", "https://login.chinacloudapi.cn", "https://management.chinacloudapi.cn"),
+        ("AzureGermanCloud", "https://login.microsoftonline.de", "https://management.microsoftazure.de"),
+    ],
+)
+def test_cloud_endpoints(name: str, login: str, arm: str) -> None:
+    cloud = cloud_provider.cloud_for(name)
+    assert cloud is not None and (cloud.login, cloud.arm) == (login, arm)
+
+
+@pytest.mark.parametrize("cloud", sorted(CLOUDS))
+def test_token_is_asked_for_the_clouds_resource_manager(tmp_path: Path, cloud: str) -> None:
+    fake = Azure(AzureWorld(resource=CLOUDS[cloud].arm + "/"))
+    path = write_config(tmp_path, {**BASE_CONFIG, "cloud": cloud})
+    assert complete_against(fake, path)
+    token = next(r for r in fake.seen if r.path.endswith("/oauth2/token"))
+    assert f"resource={CLOUDS[cloud].arm.replace(':', '%3A').replace('/', '%2F')}%2F" in token.body.decode()
+
+
+def test_resource_id_and_nic_parsing() -> None:
+    parts = cloud_provider.parse_resource_id("/subscriptions/s/resourceGroups/G/providers/Microsoft.Network/virtualNetworks/v/subnets/n")
+    assert (parts["resourcegroups"], parts["virtualnetworks"], parts["subnets"]) == ("G", "v", "n")
+    assert cloud_provider.network_from_nic({"properties": {}}) == {}
+    assert cloud_provider.primary([]) is None
+    assert cloud_provider.primary([{"id": "a"}, {"id": "b", "properties": {"primary": True}}]) == {"id": "b", "properties": {"primary": True}}
+    assert cloud_provider.text({"a": "null", "b": None, "c": " x "}, "a") == ""
+    assert cloud_provider.text({"c": " x "}, "c") == "x"
+
+
+def test_merge_reports_every_missing_value() -> None:
+    merged, missing = cloud_provider.merge({"subscriptionId": "null"}, {"location": "l"})
+    assert merged is None
+    assert missing == ["subscriptionId", "resourceGroup", "vnetResourceGroup", "vnetName", "subnetName", "securityGroupName"]
+
+
+def test_cloud_provider_tool_usage() -> None:
+    from sidekick.errors import UsageError
+
+    with pytest.raises(UsageError):
+        cloud_provider.main(["kubelet", "extra"])
+
+
+# --- Docker ----------------------------------------------------------------------------
+def test_docker_info_over_the_unix_socket(tmp_path: Path) -> None:
+    api = DockerApi(cgroup_driver="systemd", cgroup_version="2", root_dir="/data/docker", selinux=True)
+    with api.serve_unix(tmp_path / "docker.sock") as sock:
+        info = DockerEngine(sock).info()
+    assert (info.cgroup_driver, info.cgroup_version, info.root_dir) == ("systemd", "2", "/data/docker")
+    assert "name=selinux" in info.security_options
+    assert api.seen[0].path == "/info" and api.seen[0].headers["host"] == "docker"
+
+
+def test_old_engine_without_cgroup_version(tmp_path: Path) -> None:
+    with DockerApi(cgroup_version=None).serve_unix(tmp_path / "docker.sock") as sock:
+        assert DockerEngine(sock).info().cgroup_version == ""
+
+
+def test_docker_unreachable_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SidekickError, match=r"cannot reach the Docker engine at .*docker.sock"):
+        DockerEngine(tmp_path / "docker.sock", timeout=1).info()
