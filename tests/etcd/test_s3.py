@@ -1,0 +1,183 @@
+"""The S3 layer: settings decoding (unit) and listing/retention/download against moto."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidekick.errors import SidekickError
+from sidekick.etcd.options import Options
+from sidekick.etcd.retention import rolling_name
+from sidekick.etcd.retry import StopFlag
+from sidekick.etcd.s3 import (
+    S3Config,
+    S3Error,
+    S3Store,
+    addressing_style,
+    decode_maybe_base64,
+    download_snapshot,
+    endpoint_url,
+    load_endpoint_ca,
+    stripped_ext,
+)
+from sidekick.etcd.save import Saver
+from sidekick.host.proc import Runner
+from sidekick.log import redact
+from tests.harness.pki import CertificateAuthority
+from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+
+
+# --- unit ------------------------------------------------------------------------------
+def test_keys_are_decoded_when_they_are_base64() -> None:
+    assert decode_maybe_base64(base64.b64encode(b"AKIAEXAMPLE").decode()) == "AKIAEXAMPLE"
+    assert decode_maybe_base64("not base64!") == "not base64!"
+    assert decode_maybe_base64("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY") != ""  # raw keys survive when invalid
+    assert decode_maybe_base64("") == ""
+    # As the original: a raw key that happens to be valid base64 of UTF-8 is decoded.
+    assert decode_maybe_base64("YWJj") == "abc"
+
+
+def test_decoded_keys_become_log_secrets() -> None:
+    opts = Options(s3_access_key=base64.b64encode(b"decoded-access-key").decode(),
+                   s3_secret_key=base64.b64encode(b"decoded-secret-key").decode(), s3_bucket_name="b")
+    config = S3Config.from_options(opts)
+    assert config.access_key == "decoded-access-key"
+    assert "decoded-secret-key" not in redact("oops decoded-secret-key leaked")
+    assert "decoded-secret-key" not in repr(config)
+
+
+def test_endpoint_scheme_and_addressing() -> None:
+    assert endpoint_url("minio.local:9000") == "https://minio.local:9000"
+    assert endpoint_url("") == "https://s3.amazonaws.com"
+    assert endpoint_url("http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
+    assert addressing_style("oss-cn-hangzhou.aliyuncs.com") == "virtual"
+    assert addressing_style("s3.eu-west-1.amazonaws.com") == "auto"
+    assert addressing_style("10.0.0.1:9000") == "path"
+    assert addressing_style("minio.local") == "path"
+
+
+def test_endpoint_ca_forms(tmp_path: Path) -> None:
+    pem = CertificateAuthority("s3-unit-ca").cert_pem
+    assert load_endpoint_ca(base64.b64encode(pem).decode()) == pem
+    path = tmp_path / "ca.pem"
+    path.write_bytes(pem)
+    assert load_endpoint_ca(str(path)) == pem
+    with pytest.raises(S3Error, match="not a valid x509 certificate"):
+        load_endpoint_ca(base64.b64encode(b"hello").decode())
+    with pytest.raises(S3Error, match="neither base64 PEM nor a readable file"):
+        load_endpoint_ca(str(tmp_path / "missing.pem"))
+
+
+def test_folder_keys_and_extension_stripping() -> None:
+    assert S3Config(endpoint="e", bucket="b", folder="f").key("x.zip") == "f/x.zip"
+    assert S3Config(endpoint="e", bucket="b").key("x.zip") == "x.zip"
+    assert stripped_ext("f/snap.zip") == "f/snap"
+    assert stripped_ext("f.d/snap") == "f.d/snap"
+    assert stripped_ext("a.b.zip") == "a.b"
+
+
+# --- against moto ----------------------------------------------------------------------
+def store_for(server: S3Server, bucket: str, folder: str = "") -> S3Store:
+    config = S3Config(endpoint=f"http://{server.endpoint}", bucket=bucket, folder=folder,
+                      access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    return S3Store(config)
+
+
+def count_calls(store: S3Store, operation: str) -> list[int]:
+    calls: list[int] = []
+
+    def hook(**_kwargs: Any) -> None:
+        calls.append(1)
+
+    store.client.meta.events.register(f"before-call.s3.{operation}", hook)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def crowded(s3_http: S3Server) -> tuple[str, list[str], list[str]]:
+    """A bucket with 10,000 rolling snapshots (5 min apart) plus objects retention must skip."""
+    bucket = s3_http.new_bucket("crowd")
+    client = s3_http.client()
+    tick = dt.datetime(2024, 10, 4, 12, 0, tzinfo=dt.UTC)
+    rolling = [f"f/{rolling_name(tick - dt.timedelta(minutes=5 * i))}.zip" for i in range(10_000)]
+    others = ["f/rke_etcd_snapshot_2020-01-01T00:00:00Z.zip", "f/c-abcde-rl-x_2020-01-01T00:00:00Z.zip",
+              "2020-01-01T00:00:00Z_etcd.zip", "f/sub/2020-01-01T00:00:00Z_etcd.zip", "f/notes.txt"]
+
+    def put(key: str) -> None:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, rolling + others))
+    return bucket, rolling, others
+
+
+@pytest.mark.integration
+def test_listing_is_paginated(s3_http: S3Server, crowded: tuple[str, list[str], list[str]]) -> None:
+    bucket, rolling, _ = crowded
+    with store_for(s3_http, bucket, "f") as store:
+        calls = count_calls(store, "ListObjectsV2")
+        keys = [o.key for o in store.list_objects("f/", recursive=False)]
+    assert len(keys) == 10_000 + 2 + 1  # the sub-folder is not listed
+    assert set(rolling) <= set(keys)
+    assert len(calls) >= 10
+
+
+@pytest.mark.integration
+def test_retention_over_10000_objects_in_batches(s3_http: S3Server, crowded: tuple[str, list[str], list[str]]) -> None:
+    bucket, rolling, others = crowded
+    tick = dt.datetime(2024, 10, 4, 12, 0, tzinfo=dt.UTC)
+    opts = Options(retention=dt.timedelta(hours=24), s3_bucket_name=bucket)
+    saver = Saver(opts, Runner(), StopFlag())
+    with store_for(s3_http, bucket, "f") as store:
+        deletes = count_calls(store, "DeleteObjects")
+        saver.s3_retention(store, tick)
+    remaining = {o["Key"] for page in s3_http.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                 for o in page.get("Contents", [])}
+    kept_rolling = sorted(k for k in rolling if k in remaining)
+    assert len(kept_rolling) == 24 * 12 + 1  # everything up to the cutoff inclusive
+    assert set(others) <= remaining
+    assert len(deletes) == 10  # 9,711 keys, 1,000 a call
+
+
+@pytest.mark.integration
+def test_download_snapshot_verified(tmp_path: Path, s3_http: S3Server) -> None:
+    bucket = s3_http.new_bucket()
+    client = s3_http.client()
+    body = b"PK-archive-bytes" * 1000
+    good = hashlib.sha256(body).hexdigest()
+    client.put_object(Bucket=bucket, Key="f/snap.zip", Body=body, Metadata={"archive-sha256": good})
+    client.put_object(Bucket=bucket, Key="f/snap-longer.zip", Body=b"other")
+    client.put_object(Bucket=bucket, Key="f/bad.zip", Body=body, Metadata={"archive-sha256": "0" * 64})
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    with store_for(s3_http, bucket, "f") as store:
+        path = download_snapshot(store, "snap", backup)
+        assert path == backup / "snap.zip"
+        assert path.read_bytes() == body
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+        with pytest.raises(S3Error, match="does not match its archive-sha256"):
+            download_snapshot(store, "bad", backup)
+        assert not (backup / "bad.zip").exists()
+
+        with pytest.raises(S3Error, match="no backups found"):
+            download_snapshot(store, "absent", backup)
+    assert sorted(p.name for p in backup.iterdir()) == ["snap.zip"]
+
+
+@pytest.mark.integration
+def test_unreachable_endpoint_has_a_timeout_and_one_line(tmp_path: Path) -> None:
+    from tests.harness.ports import free_port
+
+    config = S3Config(endpoint=f"127.0.0.1:{free_port()}", bucket="b", access_key="a", secret_key="s")
+    with S3Store(config, connect_timeout=1, read_timeout=1) as store, pytest.raises(SidekickError) as err:
+        store.check_bucket()
+    assert "failed to check s3 bucket b" in str(err.value)
+    assert "\n" not in str(err.value)
