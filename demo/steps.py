@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo.entrypoint import aws_hostname, scheduler_passthrough
 from demo.node_tools import cert_deployer_bundle, nginx_proxy_failover
 from tests.harness.etcd import EtcdServer
 from tests.harness.pki import CertificateAuthority, RkeSsl
@@ -70,4 +71,6 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("sidekick install --prefix", install_layout),
     ("nginx-proxy: traffic and failover", nginx_proxy_failover),
     ("cert-deployer: RKE bundle", cert_deployer_bundle),
+    ("entrypoint.sh: kube-scheduler exec", scheduler_passthrough),
+    ("entrypoint.sh: EC2 hostname (IMDSv2)", aws_hostname),
 ]
