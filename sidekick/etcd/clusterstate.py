@@ -177,6 +177,8 @@ def write_statefile(name: str, *, attempts: int = 3, backoff: Backoff | None = N
                     stop: StopFlag | None = None) -> Path:
     """Fetch the state and write ``/etc/kubernetes/<name>.rkestate`` (mode 0600, atomic)."""
     kubeconfig = host_path(KUBECONFIG)
+    if not kubeconfig.is_file():
+        raise StateError(f"no {KUBECONFIG} on this node")
     backoff = backoff or Backoff(first=1.0, cap=5.0)
     stop = stop or StopFlag()
     delays = list(backoff.delays(max(0, attempts - 1)))

@@ -271,7 +271,7 @@ class Saver:
         name = retention.rolling_name(when)
         log.info("rolling snapshot", extra=kv(name=name))
         try:
-            write_statefile(name, stop=self.stop)
+            write_statefile(name, backoff=s3_backoff(self.opts.retry_wait), stop=self.stop)
         except StateError as err:
             # A snapshot without the state file beats no snapshot at all.
             log.warning("Error while trying to retrieve cluster state from cluster",
