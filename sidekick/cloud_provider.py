@@ -22,6 +22,10 @@ metadata says it is; the subscription falls back to instance metadata; the file 
 atomically with its mode and owner kept, and only when something changed; the client secret
 and the token are registered as secrets, so no log line can carry them.
 
+Azure AD and Resource Manager are reached through ``HTTPS_PROXY`` (CONNECT, with basic
+credentials from the URL) unless ``NO_PROXY`` covers them, as the ``az`` CLI did; instance
+metadata never goes through a proxy.
+
 Run directly, ``cloud-provider.sh [set_azure_config]`` completes the file once and exits 0,
 or 1 with the reason when it kept the passed config.
 

@@ -55,6 +55,33 @@ class Response:
             raise MetadataError("answer is not JSON") from None
 
 
+def _https_connection(parts: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPSConnection:
+    """A connection to ``parts``, through ``HTTPS_PROXY`` (CONNECT) unless ``NO_PROXY`` covers it.
+
+    Nodes behind a corporate proxy reach Azure AD and Resource Manager only through it, as
+    the original's ``az`` CLI did. Metadata services are plain HTTP on a link-local address
+    and never go through a proxy.
+    """
+    import base64
+    import urllib.request
+
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get("https")
+    host = parts.hostname or ""
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+        return http.client.HTTPSConnection(parts.netloc, timeout=timeout)
+    via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    conn = http.client.HTTPSConnection(via.hostname or "", via.port or 3128, timeout=timeout)
+    headers = {}
+    if via.username:
+        password = urllib.parse.unquote(via.password or "")
+        register_secret(password)
+        user = urllib.parse.unquote(via.username)
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    conn.set_tunnel(host, parts.port or 443, headers=headers)
+    return conn
+
+
 def request(
     method: str,
     url: str,
@@ -65,8 +92,11 @@ def request(
 ) -> Response:
     """One HTTP(S) request; connection and protocol errors become ``MetadataError``."""
     parts = urllib.parse.urlsplit(url)
-    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_class(parts.netloc, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = _https_connection(parts, timeout)
+    else:
+        conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         conn.request(method, target, body=body, headers=headers or {})

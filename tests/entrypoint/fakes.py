@@ -7,8 +7,11 @@ Each records the requests it saw so tests can check what was sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import socketserver
+import ssl
 import threading
 import time
 import urllib.parse
@@ -65,17 +68,85 @@ class App:
         raise NotImplementedError
 
     @contextmanager
-    def serve(self) -> Iterator[str]:
-        """Serve on 127.0.0.1; yields the base URL."""
+    def serve(self, *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+        """Serve on 127.0.0.1 (HTTPS as ``localhost`` with ``tls=(cert, key)``); yields the base URL."""
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.app = self  # type: ignore[attr-defined]
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            base = f"https://localhost:{server.server_address[1]}"
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
+            yield base
         finally:
             server.shutdown()
             server.server_close()
+
+
+class ConnectProxy:
+    """An HTTP proxy that only tunnels (``CONNECT host:port``), as HTTPS clients use one."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.auth: list[str] = []
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.05)
+        stop = threading.Event()
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        def handle(client: socket.socket) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    client.close()
+                    return
+                head += chunk
+            lines = head.split(b"\r\n")
+            method, target, _ = lines[0].decode().split(" ", 2)
+            for line in lines[1:]:
+                if line.lower().startswith(b"proxy-authorization:"):
+                    self.auth.append(line.split(b":", 1)[1].strip().decode())
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                client.close()
+                return
+            self.tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            upstream = socket.create_connection(("127.0.0.1" if host == "localhost" else host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+            pump(client, upstream)
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(target=handle, args=(client,), daemon=True).start()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join()
+            listener.close()
 
 
 # --- EC2 -----------------------------------------------------------------------------
@@ -147,8 +218,8 @@ class Azure(App):
         self.base = ""
 
     @contextmanager
-    def serve(self) -> Iterator[str]:
-        with super().serve() as base:
+    def serve(self, *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+        with super().serve(tls=tls) as base:
             self.base = base
             yield base
 

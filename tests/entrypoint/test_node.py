@@ -162,8 +162,8 @@ def test_kubelet_preparation_on_a_cgroup_v1_node(node: Node, fake_resolved: None
     assert table["/dev"][-1].source == "sk-dev" and "/dev/shm" in table
     probed = start["probe"]
     assert "marker" in probed[str(node.root / "dev")]["list"]  # type: ignore[index]
-    # cgroup root writable again; v1 layout made
-    assert "rw" in table["/sys/fs/cgroup"][-1].options
+    # cgroup root writable again, its other options kept; v1 layout made
+    assert {"rw", "nosuid", "nodev", "noexec"} <= table["/sys/fs/cgroup"][-1].options
     assert "kubepods" in probed[str(node.root / "sys/fs/cgroup/memory")]["list"]  # type: ignore[index]
     assert "/sys/fs/cgroup/cpuacct,cpu" in table and "/sys/fs/cgroup/net_prio,net_cls" in table
     assert "kubepods" in probed[str(node.root / "sys/fs/cgroup/cpuacct,cpu")]["list"]  # type: ignore[index]
@@ -246,6 +246,15 @@ def test_kube_proxy_loads_br_netfilter_and_takes_the_ec2_hostname(node: Node) ->
     tools = [(r["name"], r["argv"]) for r in node.records() if r["event"] == "run"]
     assert ("modprobe", ["-d", str(node.root), "br_netfilter"]) in tools
     assert tools[0][0] == "update-alternatives"
+
+
+def test_br_netfilter_failure_is_a_warning(node: Node) -> None:
+    args = ["--hostname-override=node-1", "--v=2"]
+    result = node.run("kube-proxy", *args, RKE_KUBE_PROXY_BR_NETFILTER="true", STANDIN_TOOL_CODE="1")
+    assert result.returncode == 0, result.stderr
+    assert node.records("kube-proxy")[0]["argv"] == args
+    assert any("could not load br_netfilter" in line and "level=warning" in line for line in result.stderr.splitlines())
+    assert [r["name"] for r in node.records() if r["event"] == "run"] == ["update-alternatives", "modprobe"]
 
 
 def test_kubelet_without_imds_falls_back_to_the_fqdn_quickly(node: Node) -> None:

@@ -23,6 +23,7 @@ from tests.entrypoint.fakes import (
     TENANT,
     Azure,
     AzureWorld,
+    ConnectProxy,
     DockerApi,
     Ec2Imds,
 )
@@ -184,6 +185,49 @@ def test_missing_values_keep_the_passed_config(
     warning = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and missing in warning[0].fields["missing"]  # type: ignore[attr-defined]
     assert CLIENT_SECRET not in caplog.text and "other-secret-value" not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def azure_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from tests.harness.pki import CertificateAuthority
+
+    ca = CertificateAuthority("azure-test-ca")
+    directory = tmp_path_factory.mktemp("azure-tls")
+    cert, key = ca.server().write(directory, "server")
+    (directory / "ca.pem").write_bytes(ca.cert_pem)
+    return cert, key, directory / "ca.pem"
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_azure_ad_and_arm_over_https_through_the_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azure_tls: tuple[Path, Path, Path], bypass: bool
+) -> None:
+    """Nodes behind a corporate proxy: HTTPS_PROXY tunnels, NO_PROXY bypasses, IMDS never proxied."""
+    cert, key, ca = azure_tls
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    proxy, fake = ConnectProxy(), Azure()
+    path = write_config(tmp_path, BASE_CONFIG)
+    with fake.serve() as imds_base, fake.serve(tls=(cert, key)) as tls_base, proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url.replace("http://", "http://ops:pr0xy-pass@"))
+        if bypass:
+            monkeypatch.setenv("NO_PROXY", "localhost")
+
+        def arm(cloud: AzureCloud) -> AzureArm:
+            return AzureArm(login_url=tls_base, arm_url=tls_base, resource=cloud.arm + "/")
+
+        assert cloud_provider.complete(path, imds=AzureMetadata(imds_base), arm_factory=arm)
+    assert json.loads(path.read_text())["securityGroupName"] == "rke-nsg"
+    port = tls_base.rsplit(":", 1)[1]
+    if bypass:
+        assert proxy.tunnels == []
+    else:
+        assert proxy.tunnels == [f"localhost:{port}"] * 3  # token, VM, NIC; IMDS went direct
+        assert set(proxy.auth) == {"Basic b3BzOnByMHh5LXBhc3M="}  # ops:pr0xy-pass
+        from sidekick.log import redact
+
+        assert redact("via pr0xy-pass") == "via REDACTED"
 
 
 def test_unreadable_or_non_object_config_is_an_error(tmp_path: Path) -> None:
