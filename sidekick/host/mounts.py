@@ -57,6 +57,7 @@ class Mount:
     options: frozenset[str]
     fstype: str = ""
     source: str = ""
+    super_options: str = ""  # the filesystem's own options (``size=``, ``nsdelegate``...)
 
 
 def _unescape(text: str) -> str:
@@ -90,6 +91,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
                 options=frozenset(fields[5].split(",")),
                 fstype=fields[sep + 1],
                 source=_unescape(fields[sep + 2]) if len(fields) > sep + 2 else "",
+                super_options=fields[sep + 3] if len(fields) > sep + 3 else "",
             )
         )
     return mounts
@@ -104,6 +106,16 @@ def mount_flags(options: frozenset[str]) -> int:
     return flags
 
 
+def remount_data(super_options: str) -> str | None:
+    """The filesystem options to repeat on a remount, without ``ro``/``rw``.
+
+    A legacy remount hands the filesystem a fresh option set: cgroup2 given none drops
+    ``nsdelegate`` from the (host-wide) superblock. mount(8) repeats what mountinfo shows.
+    """
+    kept = [o for o in super_options.split(",") if o and o not in ("ro", "rw")]
+    return ",".join(kept) or None
+
+
 class Mounter:
     """Mount system calls on the current mount namespace."""
 
@@ -114,10 +126,11 @@ class Mounter:
         """This process's mount table, read through the root (``/proc/self/mountinfo``)."""
         return parse_mountinfo(host_path("/proc/self/mountinfo").read_text())
 
-    def _mount(self, source: str, target: Path, fstype: str | None, flags: int) -> None:
+    def _mount(self, source: str, target: Path, fstype: str | None, flags: int, data: str | None = None) -> None:
         result = self._libc.mount(
-            source.encode(), os.fsencode(target), None if fstype is None else fstype.encode(), flags, None
-        )
+            source.encode(), os.fsencode(target), None if fstype is None else fstype.encode(), flags,
+            None if data is None else data.encode(),
+        )  # fmt: skip
         if result != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(target))
@@ -136,4 +149,5 @@ class Mounter:
         resolved = os.path.realpath(target)
         current = [m for m in self.table() if m.point == resolved]
         options = current[-1].options if current else frozenset()
-        self._mount("none", target, None, MS_REMOUNT | (mount_flags(options) & ~MS_RDONLY))
+        data = remount_data(current[-1].super_options) if current else None
+        self._mount("none", target, None, MS_REMOUNT | (mount_flags(options) & ~MS_RDONLY), data)

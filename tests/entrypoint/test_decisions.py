@@ -10,7 +10,7 @@ import pytest
 
 from sidekick import entrypoint, kubelet
 from sidekick.host.docker import DockerInfo
-from sidekick.host.mounts import Mount, mount_flags, parse_mountinfo
+from sidekick.host.mounts import Mount, mount_flags, parse_mountinfo, remount_data
 from sidekick.kubelet import (
     Bind,
     Facts,
@@ -150,6 +150,14 @@ def test_parse_mountinfo_reads_ids_options_and_escapes() -> None:
     assert mount_flags(cg.options) == 1 | 2 | 4 | 8
     shm = by_point["/var/lib/docker/containers/x/mounts/shm"]
     assert shm.options == {"rw", "nosuid", "nodev", "noexec"}
+
+
+def test_remount_repeats_the_filesystem_options() -> None:
+    mounts = {m.point: m for m in parse_mountinfo(MOUNTINFO + "71 22 0:71 / /sys/fs/cgroup/unified ro - cgroup2 cgroup2 rw,nsdelegate\n")}
+    assert mounts["/sys/fs/cgroup/unified"].super_options == "rw,nsdelegate"
+    assert remount_data(mounts["/sys/fs/cgroup/unified"].super_options) == "nsdelegate"
+    assert remount_data("ro") is None and remount_data("") is None
+    assert remount_data("rw,size=1024k,mode=755") == "size=1024k,mode=755"
 
 
 def test_unmount_order_children_first_keeping_nscd_and_docker_root_children() -> None:

@@ -50,9 +50,9 @@ m /host/dev
 touch "$R/host/dev/marker"
 m /host/dev/shm
 mkdir -p "$R/dev"
-m /sys/fs/cgroup rw,nosuid,nodev,noexec
+m /sys/fs/cgroup rw,nosuid,nodev,noexec,size=4m,mode=755
 for d in ${CGROUP_DIRS}; do mkdir -p "$R/sys/fs/cgroup/$d"; done
-mount -o remount,ro,nosuid,nodev,noexec "$R/sys/fs/cgroup"
+mount -o remount,ro,nosuid,nodev,noexec,size=4m "$R/sys/fs/cgroup"
 mkdir -p "$R/proc"
 mount --rbind /proc "$R/proc"
 m /proc/sys/net
@@ -163,7 +163,9 @@ def test_kubelet_preparation_on_a_cgroup_v1_node(node: Node, fake_resolved: None
     probed = start["probe"]
     assert "marker" in probed[str(node.root / "dev")]["list"]  # type: ignore[index]
     # cgroup root writable again, its other options kept; v1 layout made
-    assert {"rw", "nosuid", "nodev", "noexec"} <= table["/sys/fs/cgroup"][-1].options
+    cgroup_root = table["/sys/fs/cgroup"][-1]
+    assert {"rw", "nosuid", "nodev", "noexec"} <= cgroup_root.options
+    assert cgroup_root.super_options.split(",")[:3] == ["rw", "size=4096k", "mode=755"]
     assert "kubepods" in probed[str(node.root / "sys/fs/cgroup/memory")]["list"]  # type: ignore[index]
     assert "/sys/fs/cgroup/cpuacct,cpu" in table and "/sys/fs/cgroup/net_prio,net_cls" in table
     assert "kubepods" in probed[str(node.root / "sys/fs/cgroup/cpuacct,cpu")]["list"]  # type: ignore[index]
