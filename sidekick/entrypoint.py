@@ -97,21 +97,35 @@ def exec_command(argv: list[str]) -> int:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def node_hostname() -> str:
-    """EC2's name for this instance, or the FQDN (what ``hostname -f`` prints)."""
+def fqdn(*, timeout: float = 3.0) -> str:
+    """What ``hostname -f`` prints, given at most ``timeout`` seconds (DNS may hang)."""
     import socket
+    import threading
 
+    short = socket.gethostname()
+    found: list[str] = []
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(short, None, flags=socket.AI_CANONNAME)
+        except OSError:
+            return
+        found.extend(info[3] for info in infos if info[3])
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return found[0] if found else short
+
+
+def node_hostname() -> str:
+    """EC2's name for this instance, or the FQDN; bounded to a few seconds off EC2."""
     from sidekick.host.metadata import AWS_METADATA_ENV, AWS_METADATA_URL, Ec2Metadata
 
     name = Ec2Metadata(os.environ.get(AWS_METADATA_ENV) or AWS_METADATA_URL).hostname()
     if name:
         return name.split()[0]
-    short = socket.gethostname()
-    try:
-        infos = socket.getaddrinfo(short, None, flags=socket.AI_CANONNAME)
-    except OSError:
-        return short
-    return next((info[3] for info in infos if info[3]), short)
+    return fqdn()
 
 
 def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:

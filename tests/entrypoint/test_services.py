@@ -71,6 +71,23 @@ def test_no_imds_at_all_is_quick() -> None:
     assert time.monotonic() - start < 1.0
 
 
+def test_fqdn_lookup_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from sidekick.entrypoint import fqdn
+
+    assert fqdn()  # the machine's own name resolves, or the short name comes back
+
+    def hang(*args: object, **kwargs: object) -> object:
+        time.sleep(5)
+        raise OSError("resolver gave up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    start = time.monotonic()
+    assert fqdn(timeout=0.3) == socket.gethostname()
+    assert time.monotonic() - start < 1.0
+
+
 def test_token_never_reaches_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     from sidekick.log import redact
 
