@@ -13,7 +13,7 @@ and wrote straight to the final path:
   exponential backoff, resuming with ``Range``/``If-Range`` where the last attempt stopped;
   a 404, an untrusted peer or a refused client certificate are not retried;
 - receiving, hashing and writing overlap on three threads (:mod:`sidekick.etcd.stream`):
-  memory is ``depth * chunk`` (16 MiB) whatever the size; progress lines every few seconds.
+  memory is ``DEPTH * CHUNK`` (8 MiB) whatever the size; progress lines every few seconds.
 
 From S3: list ``[folder/]<name>``, download the matching key to ``/backup/<basename>`` (verified
 against its ``archive-sha256`` metadata), and for a ``.zip`` extract ``/backup/<name>`` (CRC and
@@ -57,7 +57,7 @@ RETRIES = 4  # attempts after the first, as the original's --backup-retries defa
 CONNECT_TIMEOUT = 10.0
 IO_TIMEOUT = 60.0
 MAX_HEAD = 64 << 10
-CHUNK = 4 << 20
+CHUNK = 2 << 20
 DEPTH = 4
 USER_AGENT = "sidekick-etcd-download"
 

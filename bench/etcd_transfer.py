@@ -1,0 +1,227 @@
+"""Snapshot transfer between nodes: ``serve`` -> ``download`` over loopback mutual TLS.
+
+Measured in one run, on one snapshot (``SIDEKICK_BENCH_SNAPSHOT_MB``, default 512):
+
+- our ``download`` from our ``serve``: MB/s of the transfer (from the tool's own "download
+  done" line: connect, TLS, receive, SHA-256, write, fsync, rename) and of the whole command;
+- ``curl`` (``--cacert/--cert/--key``, ``-k`` because kube-node has no SANs) from our
+  ``serve`` into a file in the same directory: the baseline measured here;
+- peak RSS (``VmHWM``/``ru_maxrss``) of the server and of the client;
+- the server's time to listening on a cold start (extracting the zip) and on a second start
+  (the file already extracted and verified).
+
+The Go tool's figures (1,086 MB snapshot, same kind of machine) are in the issue and cannot be
+measured here; they are shown as reference rows: 1.20-1.24 GB/s download, curl about
+0.9 GB/s, RSS 11 MiB client / 15 MiB server, 3 s to listening (it re-extracts every start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import SIDEKICK, Row
+
+NAME = "bench_etcd_snapshot"
+MB = 1_000_000
+GO_DOWNLOAD_MBPS = 1200.0
+GO_CURL_MBPS = 900.0
+GO_RSS_CLIENT_MIB = 11.0
+GO_RSS_SERVER_MIB = 15.0
+GO_LISTEN_S = 3.0
+CERTS = [
+    "--cacert", "/etc/kubernetes/ssl/kube-ca.pem",
+    "--cert", "/etc/kubernetes/ssl/kube-node.pem",
+    "--key", "/etc/kubernetes/ssl/kube-node-key.pem",
+]
+
+
+def _snapshot_bytes(path: Path, size: int) -> None:
+    """etcd-like content: runs of keys and values, some random, some zeroed free pages."""
+    block = bytearray()
+    for i in range(2048):
+        block += f"/registry/pods/ns-{i % 37}/pod-{i:06d}".encode() + os.urandom(200) + bytes(300)
+    with open(path, "wb") as out:
+        written = 0
+        while written < size:
+            piece = bytes(block[: size - written])
+            out.write(piece)
+            written += len(piece)
+
+
+def _node(base: Path, ssl_dir: Path) -> Path:
+    root = base
+    (root / "backup").mkdir(parents=True)
+    (root / "etc/kubernetes/ssl").mkdir(parents=True)
+    for name in ("kube-ca.pem", "kube-node.pem", "kube-node-key.pem"):
+        shutil.copy(ssl_dir / name, root / "etc/kubernetes/ssl" / name)
+    return root
+
+
+def _env(root: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env.update(SIDEKICK_ROOT=str(root), SIDEKICK_SERVE_ADDRESS="127.0.0.1", SIDEKICK_SERVE_PORT=str(port))
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _Server:
+    def __init__(self, root: Path) -> None:
+        self.port = _free_port()
+        self.began = time.perf_counter()
+        self.process = subprocess.Popen(
+            [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "serve", "--name", NAME, *CERTS],
+            env=_env(root, self.port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        while not _listening(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.process.stderr.read() if self.process.stderr else ''}")
+            time.sleep(0.005)
+        self.listen_seconds = time.perf_counter() - self.began
+
+    def stop(self) -> float:
+        """SIGTERM; return the peak RSS in MiB."""
+        peak = _hwm_mib(self.process.pid)
+        self.process.send_signal(signal.SIGTERM)
+        self.process.communicate(timeout=30)
+        return peak
+
+
+def _run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
+    """(wall s, peak RSS MiB, CPU s, output) of one child.
+
+    The peak RSS is the child's own ``VmHWM``, polled until it exits (``ru_maxrss`` would
+    include this process's pages the child shared between fork and exec).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0.0
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(process.stdout.read() if process.stdout else ""))
+    reader.start()
+    while process.poll() is None:
+        with contextlib.suppress(OSError):
+            peak = max(peak, _hwm_mib(process.pid))
+        time.sleep(0.005)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    reader.join()
+    wall = time.perf_counter() - began
+    text = "".join(output)
+    if process.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {text[-500:]}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, peak, cpu, text
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _warm_memory(directory: Path, size: int) -> None:
+    """Write and delete a file of the snapshot's size first: on a VM, guest memory the page
+    cache has never touched costs several times more on first use, and would favour
+    whichever transfer runs second."""
+    scratch = directory / "warm"
+    block = bytes(4 << 20)
+    with open(scratch, "wb") as out:
+        for _ in range(size // len(block) + 1):
+            out.write(block)
+    scratch.unlink()
+
+
+def run() -> list[Row]:
+    from sidekick.etcd.archive import write_archive
+    from tests.harness.pki import CertificateAuthority, RkeSsl
+
+    size = int(os.environ.get("SIDEKICK_BENCH_SNAPSHOT_MB", "512")) * MB
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-etcd-transfer-", dir=os.environ.get("SIDEKICK_BENCH_DIR")) as tmp:
+        base = Path(tmp)
+        ssl = RkeSsl.create(base / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
+        source, peer, curl_dir = _node(base / "a", ssl.directory), _node(base / "b", ssl.directory), base / "curl"
+        curl_dir.mkdir()
+        raw = base / "raw"
+        _snapshot_bytes(raw, size)
+        write_archive(source / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", raw)])
+        raw.unlink()
+
+        cold = _Server(source)  # extracts the zip before listening
+        cold.stop()
+        server = _Server(source)  # already extracted and verified
+        try:
+            _warm_memory(base, size + size // 2)
+            cpu_before = _cpu_seconds(server.process.pid)
+            wall, client_rss, client_cpu, output = _run_measured(
+                [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
+                 "--local-endpoint", "127.0.0.1", *CERTS],
+                _env(peer, server.port),
+            )
+            server_cpu = _cpu_seconds(server.process.pid) - cpu_before
+            done = re.search(r'msg="download done".* seconds=([0-9.]+) mbps=([0-9.]+)', output)
+            if not done:
+                raise RuntimeError(f"no 'download done' line in: {output[-500:]}")
+            transfer_mbps = float(done.group(2))
+            curl_out = curl_dir / NAME
+            _warm_memory(base, size + size // 2)
+            _, curl_rss, curl_cpu, curl_text = _run_measured(
+                ["curl", "-sS", "-k", "--http1.1", "--cacert", str(ssl.cacert), "--cert", str(ssl.node_cert),
+                 "--key", str(ssl.node_key), "-o", str(curl_out), "-w", "%{speed_download}",
+                 f"https://127.0.0.1:{server.port}/{NAME}"],
+                {**os.environ, "CURL_CA_BUNDLE": ""},
+            )
+            curl_mbps = float(curl_text.strip().splitlines()[-1]) / MB
+        finally:
+            server_rss = server.stop()
+        same = (peer / "backup" / NAME).stat().st_size == size == curl_out.stat().st_size
+        note = f"{size // MB} MB snapshot" + ("" if same else ", SIZE MISMATCH")
+
+        rows += [
+            Row("etcd download from serve (transfer)", transfer_mbps, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS, note),
+            Row("etcd download from serve (transfer)", transfer_mbps, "MB/s", "curl from our serve", curl_mbps, note),
+            Row("etcd download command (whole run)", size / MB / wall, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS,
+                "includes interpreter start"),
+            Row("curl from our serve", curl_mbps, "MB/s", "curl from Go serve (issue)", GO_CURL_MBPS),
+            Row("etcd download peak RSS", client_rss, "MiB", "Go rke-tools (issue)", GO_RSS_CLIENT_MIB, "goal < 64"),
+            Row("etcd serve peak RSS", server_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB, "goal < 64"),
+            Row("curl peak RSS", curl_rss, "MiB"),
+            Row("etcd download CPU per GB", client_cpu / size * 1e9, "s", "curl from our serve", curl_cpu / size * 1e9,
+                "receive + decrypt + SHA-256 + write"),
+            Row("etcd serve CPU per GB", server_cpu / size * 1e9, "s", "", None, "read + encrypt + send"),
+            Row("etcd serve: listening, file verified", server.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S,
+                "goal < 1"),
+            Row("etcd serve: listening, cold (extract)", cold.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S),
+        ]
+    return rows
