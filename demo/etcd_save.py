@@ -1,0 +1,107 @@
+"""Demo steps: an etcd snapshot saved to S3 as RKE runs it, then rolling retention at work."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # demo.steps imports this module to list the steps
+    from demo.steps import Context
+
+UPLOADED = "Successfully uploaded"
+
+
+def _tool(ctx: Context) -> str:
+    """The image's own path, /opt/rke-tools/rke-etcd-backup (laid out by the install step)."""
+    link = ctx.root / "opt/rke-tools/rke-etcd-backup"
+    if not link.exists():
+        raise RuntimeError("run the install step first: no /opt/rke-tools/rke-etcd-backup")
+    return str(link)
+
+
+def _s3(ctx: Context) -> tuple[Any, str, list[str], dict[str, str]]:
+    from tests.harness.s3 import ACCESS_KEY, SECRET_KEY
+
+    s3, bucket = ctx.values["s3"], ctx.values["bucket"]
+    assert s3.ca_path is not None
+    # As RKE: the CA base64 on argv, the keys base64 in the environment (never on argv).
+    flags = ["--s3-backup=true", f"--s3-endpoint={s3.endpoint}", f"--s3-bucketName={bucket}", "--s3-region=",
+             f"--s3-endpoint-ca={base64.b64encode(s3.ca_path.read_bytes()).decode()}", "--s3-folder=demo"]
+    env = {"S3_ACCESS_KEY": base64.b64encode(ACCESS_KEY.encode()).decode(),
+           "S3_SECRET_KEY": base64.b64encode(SECRET_KEY.encode()).decode()}
+    return s3, bucket, flags, env
+
+
+def _certs(etcd: Any, name: str) -> list[str]:
+    return ["etcd-backup", "save", "--cacert", "/etc/kubernetes/ssl/kube-ca.pem",
+            "--cert", "/etc/kubernetes/ssl/kube-node.pem", "--key", "/etc/kubernetes/ssl/kube-node-key.pem",
+            "--name", name, f"--endpoints={etcd.endpoint}"]
+
+
+def _field(stderr: str, msg: str, name: str) -> str:
+    for line in stderr.splitlines():
+        if f'msg="{msg}"' in line and (m := re.search(rf"\b{name}=(\S+)", line)):
+            return m.group(1).strip('"')
+    return "?"
+
+
+def save_once_to_s3(ctx: Context) -> str:
+    etcd = ctx.values["etcd"]
+    s3, bucket, flags, env = _s3(ctx)
+    name = "rke_etcd_snapshot_" + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    state = ctx.root / f"etc/kubernetes/{name}.rkestate"
+    state.write_text('{\n  "desiredState": {"demo": true}\n}')  # DeployStateFile's copy
+    started = time.monotonic()
+    result = subprocess.run([_tool(ctx), *_certs(etcd, name), "--once", "--creation=12h", "--retention=72h", *flags],
+                            capture_output=True, text=True, env={**os.environ, "SIDEKICK_ROOT": str(ctx.root), **env},
+                            check=False)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip().splitlines()[-1])
+    head = s3.client().head_object(Bucket=bucket, Key=f"demo/{name}.zip")
+    ctx.values["snapshot_name"] = name
+    snapshot_size = int(_field(result.stderr, "etcd snapshot done", "size"))
+    return (f"{name}: snapshot {snapshot_size / 1024:.0f} KiB -> /backup/{name}.zip "
+            f"{head['ContentLength'] / 1024:.0f} KiB (ratio {_field(result.stderr, 'archive done', 'ratio')}), "
+            f"uploaded to s3://{bucket}/demo/ with sha256 {head['Metadata']['snapshot-sha256'][:12]}..., "
+            f"{seconds:.1f}s in all")
+
+
+def rolling_retention(ctx: Context) -> str:
+    etcd = ctx.values["etcd"]
+    s3, bucket, flags, env = _s3(ctx)
+    client = s3.client()
+    expired = "2020-01-01T00:00:00Z_etcd"
+    client.put_object(Bucket=bucket, Key=f"demo/{expired}.zip", Body=b"an old snapshot")
+    (ctx.root / f"backup/{expired}.zip").write_bytes(b"an old snapshot")
+    proc = subprocess.Popen([_tool(ctx), *_certs(etcd, "etcd-rolling-snapshots"), "--creation=2s", "--retention=72h",
+                             *flags], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "SIDEKICK_ROOT": str(ctx.root), **env})
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "S3 snapshots" in line:  # the tick's last step
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    if proc.returncode != 0 or "deleted expired S3 snapshots" not in text:
+        raise RuntimeError(f"rolling tick did not finish: {text.strip().splitlines()[-1:]}")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="demo/").get("Contents", [])]
+    gone_s3 = f"demo/{expired}.zip" not in keys
+    gone_local = not (ctx.root / f"backup/{expired}.zip").exists()
+    tick = _field(text, "rolling snapshot", "name")
+    return (f"tick {tick} saved and uploaded; expired {expired}.zip removed from S3: {gone_s3}, "
+            f"locally: {gone_local}; SIGTERM -> exit {proc.returncode}; bucket now holds {len(keys)} objects")
