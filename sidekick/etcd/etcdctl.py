@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -75,39 +74,38 @@ class Etcdctl:
             raise EtcdError(f"etcd is not healthy: {_last_line(output) or f'exit {result.returncode}'}")
 
     def snapshot_save(self, dest: Path, *, progress: Progress | None = None) -> None:
-        """``etcdctl snapshot save dest``; etcdctl itself writes ``dest.part`` then renames."""
-        outcome: dict[str, subprocess.CompletedProcess[bytes] | BaseException] = {}
+        """``etcdctl snapshot save dest``; etcdctl itself writes ``dest.part`` then renames.
 
-        def work() -> None:
-            try:
-                outcome["result"] = self.runner.run(self._argv("snapshot", "save", str(dest)),
-                                                    timeout=SNAPSHOT_TIMEOUT, env=self._env(), check=False)
-            except BaseException as err:  # handed to the waiting thread
-                outcome["error"] = err
-
-        worker = threading.Thread(target=work, name="etcdctl-snapshot", daemon=True)
-        worker.start()
+        etcdctl runs in this thread, so an interrupt (SIGTERM in one-shot mode) kills it
+        through ``subprocess.run``; a watcher thread turns the file's growth into progress.
+        """
+        done = threading.Event()
         part = dest.with_name(dest.name + ".part")
-        seen = 0
-        while worker.is_alive():
-            worker.join(0.5)
-            if progress is not None:
+        seen = [0]
+
+        def watch() -> None:
+            while not done.wait(0.5):
                 size = _size(part) or _size(dest)
-                if size > seen:
-                    progress.add(size - seen)
-                    seen = size
-        error = outcome.get("error")
-        if isinstance(error, BaseException):
-            raise EtcdError(f"etcd snapshot failed: {error}") from None
-        result = outcome["result"]
-        assert isinstance(result, subprocess.CompletedProcess)
+                if progress is not None and size > seen[0]:
+                    progress.add(size - seen[0])
+                    seen[0] = size
+
+        watcher = threading.Thread(target=watch, name="etcdctl-progress", daemon=True)
+        watcher.start()
+        try:
+            result = self.runner.run(self._argv("snapshot", "save", str(dest)), timeout=SNAPSHOT_TIMEOUT,
+                                     env=self._env(), check=False)
+        except SidekickError as err:
+            raise EtcdError(f"etcd snapshot failed: {err}") from None
+        finally:
+            done.set()
+            watcher.join()
         if result.returncode != 0:
             text = (result.stderr + result.stdout).decode(errors="replace")
             raise EtcdError(f"etcd snapshot failed: {_last_line(text) or f'exit {result.returncode}'}")
-        if progress is not None:
-            size = _size(dest)
-            if size > seen:
-                progress.add(size - seen)
+        size = _size(dest)
+        if progress is not None and size > seen[0]:
+            progress.add(size - seen[0])
 
     def snapshot_status(self, path: Path) -> dict[str, object]:
         result = self.runner.run([self.binary, "snapshot", "status", str(path), "-w", "json"],

@@ -11,7 +11,7 @@ deletes go 1,000 keys per DeleteObjects call; uploads are multipart from the fil
 parts and aborted on failure (s3transfer registers the abort when it creates the upload);
 downloads go to a temp name and are checked against the ``archive-sha256`` metadata written
 at upload. Memory bound of a transfer: ``max_concurrency * chunk_size`` plus s3transfer's IO
-queue (``max_io_queue * io_chunksize``), 4 * 8 MiB + 100 * 256 KiB = 57 MiB at most, usually
+queue (``max_io_queue * io_chunksize``), 4 * 16 MiB + 100 * 256 KiB = 89 MiB at most, usually
 far less because parts are streamed from the file.
 """
 
@@ -51,7 +51,7 @@ ARCHIVE_SHA_META = "archive-sha256"
 DELETE_BATCH = 1000
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
-PART_SIZE = 8 << 20
+PART_SIZE = 16 << 20
 CONCURRENCY = 4
 
 

@@ -56,6 +56,10 @@ UPLOAD_FAILED = "failed to upload etcd snapshot file"
 LEFTOVER_AGE = 15 * 60.0  # seconds: an in-flight temp file of another process is younger
 
 
+class Terminated(BaseException):
+    """SIGTERM in one-shot mode: a BaseException so no ``except Exception`` swallows it."""
+
+
 class Stopped(Exception):
     """SIGTERM arrived: leave the rolling loop between two steps."""
 
@@ -331,7 +335,17 @@ def run_save(opts: Options, *, runner: Runner | None = None, stop: StopFlag | No
     saver.backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     saver.clean_leftovers()
     if opts.once:
-        return saver.once()
+        # SIGTERM (docker stop) unwinds the stack, so etcdctl is killed and temp files go.
+        def on_term_once(signum: int, _frame: FrameType | None) -> None:
+            raise Terminated(signum)
+
+        previous_term = signal.signal(signal.SIGTERM, on_term_once)
+        try:
+            return saver.once()
+        except Terminated:
+            raise SidekickError("interrupted by SIGTERM: no snapshot was written", exit_code=143) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         log.info("received a stop signal: finishing the current step", extra=kv(signal=signum))

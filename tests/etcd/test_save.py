@@ -353,3 +353,28 @@ def test_s3_dies_mid_upload(tmp_path: Path, big_etcd: EtcdServer, s3_http: S3Ser
     assert zipfile.ZipFile(root / "backup/snap-cut.zip").testzip() is None
     # Nothing partial is visible in the bucket.
     assert s3_http.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_sigterm_during_once_leaves_nothing_behind(tmp_path: Path, big_etcd: EtcdServer) -> None:
+    import signal
+
+    root = node_root(tmp_path, big_etcd.ssl)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env["SIDEKICK_ROOT"] = str(root)
+    from tests.conftest import SIDEKICK
+
+    proc = subprocess.Popen([str(SIDEKICK), "rke-etcd-backup", *rke_save_argv(big_etcd.endpoint, "snap-term", "--once")],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(n.startswith(".sidekick-tmp-") for n in listing(root)):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # the snapshot won the race: then it is complete
+        assert listing(root) == ["snap-term.zip"]
+        assert zipfile.ZipFile(root / "backup/snap-term.zip").testzip() is None
+    else:
+        assert proc.returncode == 143, err
+        assert "interrupted by SIGTERM" in last_line(err)
+        time.sleep(1)  # a surviving etcdctl would still be writing its .part file
+        assert listing(root) == []
