@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,3 +182,32 @@ def test_unreachable_endpoint_has_a_timeout_and_one_line(tmp_path: Path) -> None
         store.check_bucket()
     assert "failed to check s3 bucket b" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.integration
+def test_failed_multipart_upload_is_aborted(tmp_path: Path, s3_http: S3Server) -> None:
+    bucket = s3_http.new_bucket()
+    big = tmp_path / "big.zip"
+    with open(big, "wb") as out:
+        for _ in range(40):
+            out.write(os.urandom(1 << 20))
+    sent: list[int] = []
+
+    def fail_midway(count: int) -> None:
+        sent.append(count)
+        if sum(sent) > 20 << 20:
+            raise OSError("link lost")
+
+    with store_for(s3_http, bucket) as store:
+        created, aborted = count_calls(store, "CreateMultipartUpload"), count_calls(store, "AbortMultipartUpload")
+        with pytest.raises(S3Error):
+            store.upload_file(big, "big.zip", metadata={}, on_bytes=fail_midway)
+        assert len(created) == 1 and len(aborted) == 1
+        client = s3_http.client()
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+        # The same store uploads fine afterwards, in parts.
+        calls = count_calls(store, "UploadPart")
+        store.upload_file(big, "big.zip", metadata={"archive-sha256": "x"})
+    assert len(calls) == 3
+    assert client.head_object(Bucket=bucket, Key="big.zip")["ContentLength"] == 40 << 20
