@@ -4,25 +4,31 @@
 does. Only the chosen tool's module is imported, so the hot path (``entrypoint.sh`` before
 every Kubernetes component) pays for nothing else. This is also the one place that turns
 errors into exit codes.
+
+Start-up cost matters on that path, so this module imports neither ``logging`` nor
+``typing``: the logging setup runs only for tools whose module uses ``logging``, and the
+final error line is written by :mod:`sidekick.logline`.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import sys
-from typing import NamedTuple
 
-from sidekick import log as sklog
+from sidekick import logline
 from sidekick.errors import SidekickError
 
 PROG = "sidekick"
 
 
-class Tool(NamedTuple):
-    target: str  # "module:function", the function takes argv (without the tool name)
-    summary: str
+class Tool:
+    """``target`` is "module:function"; the function takes argv without the tool name."""
+
+    __slots__ = ("summary", "target")
+
+    def __init__(self, target: str, summary: str) -> None:
+        self.target = target
+        self.summary = summary
 
 
 # The original image's names. A name appears here only once its module exists.
@@ -37,8 +43,6 @@ TOOLS: dict[str, Tool] = {
     "share-root.sh": Tool("sidekick.mounts:share_root", "make / shared in the host's mount namespace, then wait for SIGTERM (legacy)"),
     "weave-plugins-cni.sh": Tool("sidekick.cni:main", "install the loopback and portmap CNI plugins into /opt/cni/bin, then wait for SIGTERM"),
 }
-
-log = logging.getLogger("sidekick")
 
 
 def _usage() -> str:
@@ -65,7 +69,6 @@ def _select(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    sklog.setup()
     name, args = _select(argv)
     if name is None:
         sys.stdout.write(_usage())
@@ -77,22 +80,35 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tool = TOOLS.get(name)
     if tool is None:
-        log.log(sklog.FATAL, "unknown tool %r; run '%s --help' for the list", name, PROG)
+        logline.emit("fatal", f"unknown tool {name!r}; run '{PROG} --help' for the list")
         return 2
     module_name, _, func_name = tool.target.partition(":")
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(args) or 0)
+        __import__(module_name)
+        if "logging" in sys.modules:  # the tool logs: give it the logrus handler first
+            from sidekick import log
+
+            log.setup()
+        return int(getattr(sys.modules[module_name], func_name)(args) or 0)
     except SidekickError as err:
-        log.log(sklog.FATAL, "%s", err)
+        logline.emit("fatal", str(err))
         return err.exit_code
     except KeyboardInterrupt:
-        log.log(sklog.FATAL, "interrupted")
+        logline.emit("fatal", "interrupted")
         return 130
     except Exception as err:  # the last line must still say what went wrong
-        log.debug("traceback of the unexpected error", exc_info=True)
-        log.log(sklog.FATAL, "unexpected error in %s: %s: %s", name, type(err).__name__, err)
+        _debug_traceback()
+        logline.emit("fatal", f"unexpected error in {name}: {type(err).__name__}: {err}")
         return 1
+
+
+def _debug_traceback() -> None:
+    import logging
+
+    from sidekick import log
+
+    log.setup()
+    logging.getLogger("sidekick").debug("traceback of the unexpected error", exc_info=True)
 
 
 def run() -> None:

@@ -23,13 +23,15 @@ moves the EC2 metadata service; see :mod:`sidekick.cloud_provider` for Azure's.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from sidekick import logline
 from sidekick.errors import SidekickError, UsageError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # importing typing costs ~2 ms here; mypy knows this name
+if TYPE_CHECKING:
+    import logging
 
 ExecFn = Callable[[list[str]], int]
 
@@ -88,7 +90,7 @@ def modprobe_argv(module: str, root: str) -> list[str]:
 # --- effects -------------------------------------------------------------------------
 def exec_command(argv: list[str]) -> int:
     """Replace this process with ``argv`` (found on PATH); returns only by raising."""
-    log.info("exec", extra={"fields": {"command": " ".join(argv)}})
+    logline.emit("info", "exec", command=" ".join(argv))
     try:
         os.execvp(argv[0], argv)
     except OSError as err:
@@ -128,6 +130,29 @@ def node_hostname() -> str:
     return fqdn()
 
 
+def needs_preparation(args: Sequence[str], env: Mapping[str, str]) -> bool:
+    """False for the fast path: exec at once (kube-scheduler, kube-apiserver without Azure)."""
+    component = args[0]
+    return (
+        wants_iptables_wrapper(component)
+        or wants_br_netfilter(component, env)
+        or wants_azure(args)
+        or wants_hostname(args)
+        or component == "kubelet"
+    )
+
+
+def _logger() -> logging.Logger:
+    """``logging`` costs more than the whole fast path, so only the branches that prepare
+    something import it (and set up the logrus handler, which the dispatcher skipped)."""
+    import logging
+
+    from sidekick import log as sklog
+
+    sklog.setup()
+    return logging.getLogger(__name__)
+
+
 def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         if argv:
@@ -137,6 +162,8 @@ def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
     args = list(argv)
     component = args[0]
     env = os.environ
+    if needs_preparation(args, env):
+        _logger()  # the branches below (and the modules they import) log
     if wants_iptables_wrapper(component) or wants_br_netfilter(component, env):
         from sidekick.host.proc import Runner
         from sidekick.paths import root
@@ -146,19 +173,19 @@ def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
             try:
                 runner.run(iptables_wrapper_argv(str(root())), timeout=30)
             except SidekickError as err:
-                log.warning("could not select the iptables wrapper: %s", err)
+                _logger().warning("could not select the iptables wrapper: %s", err)
         if wants_br_netfilter(component, env):
             try:
                 runner.run(modprobe_argv("br_netfilter", str(root())), timeout=30)
             except SidekickError as err:
-                log.warning("could not load br_netfilter: %s", err)
+                _logger().warning("could not load br_netfilter: %s", err)
     if wants_azure(args):
         from sidekick.cloud_provider import complete_quietly
 
         complete_quietly()
     if wants_hostname(args):
         name = node_hostname()
-        log.info("no --hostname-override given, using the instance's name", extra={"fields": {"hostname": name}})
+        _logger().info("no --hostname-override given, using the instance's name", extra={"fields": {"hostname": name}})
         args.append(f"--hostname-override={name}")
     if component == "kubelet":
         from sidekick.kubelet import run as run_kubelet

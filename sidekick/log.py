@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any
+
+from sidekick.logline import REDACTED, format_line, redact, register_secret
+
+__all__ = ["FATAL", "REDACTED", "kv", "redact", "register_secret", "set_debug", "setup"]
 
 FATAL = logging.CRITICAL
 _LEVEL_NAMES = {
@@ -26,35 +28,6 @@ _LEVEL_NAMES = {
     logging.ERROR: "error",
     FATAL: "fatal",
 }
-_PLAIN = re.compile(r"^[A-Za-z0-9\-._/@^+]+$")
-_PEM = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]+)-----.*?(?:-----END \1-----|\Z)", re.DOTALL
-)
-_MIN_SECRET_LEN = 4
-_secrets: set[str] = set()
-
-REDACTED = "REDACTED"
-
-
-def register_secret(value: str | bytes | None) -> None:
-    """Never let ``value`` reach a log line (short values would redact too much)."""
-    if isinstance(value, bytes):
-        try:
-            value = value.decode()
-        except UnicodeDecodeError:
-            return
-    if value and len(value.strip()) >= _MIN_SECRET_LEN:
-        _secrets.add(value)
-        _secrets.add(value.strip())
-
-
-def redact(text: str) -> str:
-    """Scrub registered secrets and PEM blocks from ``text``."""
-    text = _PEM.sub(lambda m: f"[PEM {m.group(1).strip()} {REDACTED}]", text)
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 def kv(**fields: Any) -> dict[str, Mapping[str, Any]]:
@@ -62,25 +35,14 @@ def kv(**fields: Any) -> dict[str, Mapping[str, Any]]:
     return {"fields": fields}
 
 
-def _quote(value: object) -> str:
-    text = str(value)
-    if _PLAIN.match(text):
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return f'"{escaped}"'
-
-
 class LogrusFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
         level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
-        parts = [f'time="{stamp}"', f"level={level}", f"msg={_quote(record.getMessage())}"]
         fields = getattr(record, "fields", None) or {}
-        parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
-        line = " ".join(parts)
+        line = format_line(level, record.getMessage(), dict(fields), record.created)
         if record.exc_info and record.levelno <= logging.DEBUG:
-            line += "\n" + self.formatException(record.exc_info)
-        return redact(line)
+            line += "\n" + redact(self.formatException(record.exc_info))
+        return line
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]

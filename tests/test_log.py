@@ -66,3 +66,13 @@ def test_traceback_only_at_debug(capsys: pytest.CaptureFixture[str]) -> None:
     except RuntimeError:
         logger.error("failed", exc_info=True)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_logline_writes_the_same_shape_without_logging(capsys: pytest.CaptureFixture[str]) -> None:
+    from sidekick import logline
+
+    sklog.register_secret("s3cr3t-value")
+    logline.emit("fatal", "upload failed: s3cr3t-value", bucket="snaps", path="/backup/a b")
+    err = capsys.readouterr().err
+    assert LINE.match(err)
+    assert err.endswith('level=fatal msg="upload failed: REDACTED" bucket=snaps path="/backup/a b"\n')
