@@ -28,6 +28,7 @@ import base64
 import binascii
 import logging
 import os
+import signal
 import socket
 import ssl
 import time
@@ -40,7 +41,14 @@ from cryptography import x509
 
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import tlsverify, verified
-from sidekick.etcd.extract import SNAPSHOT_DIR, destination, extract_snapshot, snapshot_entry
+from sidekick.etcd.extract import (
+    SNAPSHOT_DIR,
+    clear_stale_temps,
+    destination,
+    extract_snapshot,
+    snapshot_entry,
+    stop_on_signal,
+)
 from sidekick.etcd.options import Options
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.retry import Backoff, s3_backoff
@@ -377,6 +385,7 @@ def download_from_peer(
     peer = Peer(host.strip(), port or serve_port(), name)
     roots = tlsverify.load_roots(cacert)
     context = tlsverify.client_context(cert, key)
+    clear_stale_temps(dest)
     log.info("downloading snapshot from peer", extra=kv(url=peer.url, dest=dest))
     return PeerDownload(peer, dest, roots=roots, context=context, retries=retries, backoff=backoff,
                         sleep=sleep).run()
@@ -413,6 +422,7 @@ def fetch_from_s3(opts: Options, *, extract: bool) -> Path:
 def run_download(opts: Options) -> int:
     if not opts.name:
         raise UsageError("--name is required: the snapshot to download")
+    signal.signal(signal.SIGTERM, stop_on_signal)
     if opts.s3_backup:
         fetch_from_s3(opts, extract=True)
         return 0

@@ -25,18 +25,20 @@ other threads (:mod:`sidekick.etcd.stream`); memory stays a few chunks.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
 import posixpath
+import signal
 import struct
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO, cast
+from types import FrameType, TracebackType
+from typing import BinaryIO, NoReturn, cast
 
 from isal import isal_zlib
 
@@ -47,7 +49,7 @@ from sidekick.etcd.options import Options
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.stream import HashingWriter
 from sidekick.etcd.verified import Digest
-from sidekick.host.files import atomic_output, atomic_write
+from sidekick.host.files import TEMP_PREFIX, atomic_output, atomic_write
 from sidekick.log import kv
 from sidekick.paths import host_path
 
@@ -114,6 +116,23 @@ def check_declared(info: zipfile.ZipInfo, *, limit: int, archive: Path) -> None:
             f"{where} declares {info.file_size} bytes from {info.compress_size} compressed: "
             "a ratio deflate cannot produce (zip bomb?)"
         )
+
+
+def stop_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
+    """SIGTERM (``docker stop``) handler for one-shot work: unwind, so temp files are removed,
+    and say so in the last line."""
+    raise SidekickError(
+        f"stopped by {signal.Signals(signum).name} before finishing; nothing was replaced", exit_code=128 + signum
+    )
+
+
+def clear_stale_temps(dest: Path) -> None:
+    """Remove temp files a killed earlier writer of ``dest`` left (``docker rm -f`` gives no
+    chance to clean up; RKE reruns the download container on failure)."""
+    for stale in dest.parent.glob(f"{TEMP_PREFIX}{glob.escape(dest.name)}.*"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            log.info("removed a leftover of an interrupted run", extra=kv(path=stale))
 
 
 def check_free_space(directory: Path, needed: int) -> None:
@@ -227,6 +246,7 @@ class Archive:
     def extract(self, info: zipfile.ZipInfo, dest: Path, *, limit: int | None = None) -> Digest:
         """Write the entry to ``dest`` (0600) only once it is complete and verified."""
         check_declared(info, limit=MAX_SNAPSHOT_BYTES if limit is None else limit, archive=self.path)
+        clear_stale_temps(dest)
         check_free_space(dest.parent, info.file_size)
         expected = self.manifest.get(info.filename)
         progress = Progress(log, "extract", total=info.file_size, entry=info.filename)
@@ -342,6 +362,7 @@ def run_extractstatefile(opts: Options) -> int:
         raise UsageError("--name is required: the snapshot whose state file to extract")
     with contextlib.suppress(FileNotFoundError):
         host_path(STATE_OUTPUT).unlink()  # a stale file from an earlier run must not be copied out
+    signal.signal(signal.SIGTERM, stop_on_signal)
     if opts.s3_backup:
         from sidekick.etcd.download import fetch_from_s3
 

@@ -46,7 +46,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd.extract import ensure_snapshot
+from sidekick.etcd.extract import ensure_snapshot, stop_on_signal
 from sidekick.etcd.options import Options
 from sidekick.etcd.progress import Progress, mb_per_s
 from sidekick.log import kv
@@ -60,6 +60,7 @@ DEFAULT_ADDRESS = "0.0.0.0"
 DEFAULT_PORT = 2379
 MAX_CLIENTS = 16
 CHUNK = 1 << 20
+HANDSHAKE_TIMEOUT = 10.0  # a client that cannot finish TLS in 10 s only holds a slot
 IO_TIMEOUT = 60.0
 MAX_HEADER_LINE = 8192
 MAX_HEADERS = 100
@@ -291,12 +292,13 @@ class SnapshotServer:
     def _client(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         client = _addr(peer)
         try:
-            conn.settimeout(IO_TIMEOUT)
+            conn.settimeout(HANDSHAKE_TIMEOUT)
             try:
                 tls = self.context.wrap_socket(conn, server_side=True)
             except (OSError, ssl.SSLError) as err:
                 log.warning("TLS handshake refused", extra=kv(client=client, error=_reason(err)))
                 return
+            tls.settimeout(IO_TIMEOUT)
             with tls:
                 subject = subject_text(tls.getpeercert())
                 self._converse(tls, client, subject)
@@ -441,16 +443,19 @@ def run_serve(opts: Options) -> int:
             raise UsageError(f"{flag} is required to serve over mutual TLS")
     address, port = serve_address(), serve_port()
     context = server_context(host_path(opts.cacert), host_path(opts.cert), host_path(opts.key))
-    snapshot = ensure_snapshot(opts.name)
-    resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
-    server = SnapshotServer(resource, context, address, port)
+    server: SnapshotServer | None = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if server is None:  # still extracting: unwind, so the temp file is removed
+            stop_on_signal(signum, _frame)
         log.info("stopping on signal", extra=kv(signal=signal.Signals(signum).name))
         server.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        snapshot = ensure_snapshot(opts.name)
+        resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
+        server = SnapshotServer(resource, context, address, port)
         log.info(
             "serving snapshot",
             extra=kv(name=opts.name, address=f"{address}:{server.port}", size=resource.size,

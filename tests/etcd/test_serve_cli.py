@@ -164,3 +164,61 @@ def test_extractstatefile_as_rke_runs_it(source: Path) -> None:
     done = run_sidekick(["rke-etcd-backup", "etcd-backup", "extractstatefile", "--name", NAME], root=source)
     assert done.returncode == 0, done.stderr
     assert (source / "tmp" / "cluster.rkestate").read_bytes() == state
+
+
+def _temps(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(".sidekick-tmp-")]
+
+
+def test_sigterm_while_extracting_leaves_no_temp_file(source: Path) -> None:
+    data = os.urandom(256 << 20)
+    write_go_archive(source / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", data)])
+    del data
+    server = Serving(source, free_port())
+    wait_for(lambda: bool(_temps(source / "backup")) or server.process.poll() is not None, timeout=30,
+             what="extraction to start")
+    code, err = server.stop()
+    assert code == 143, err
+    assert "stopped by SIGTERM before finishing; nothing was replaced" in last_line(err)
+    assert _temps(source / "backup") == []
+    assert not (source / "backup" / NAME).exists()
+
+
+def test_sigterm_while_downloading_leaves_no_temp_file(peer: Path, etcd_ssl: RkeSsl) -> None:
+    """A peer that sends part of the body and stalls; docker stop (SIGTERM) must clean up."""
+    import socket
+    import ssl
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(etcd_ssl.node_cert, etcd_ssl.node_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def stall() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(4096)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n" + b"x" * (3 << 20))
+            release.wait(30)
+
+    thread = threading.Thread(target=stall, daemon=True)
+    thread.start()
+    (peer / "backup" / f".sidekick-tmp-{NAME}.0badf00d").write_bytes(b"left by a killed run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env.update(SIDEKICK_ROOT=str(peer), SIDEKICK_SERVE_PORT=str(listener.getsockname()[1]))
+    process = subprocess.Popen([str(SIDEKICK), *download_argv("127.0.0.1")], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in (peer / "backup").iterdir()
+                             if p.name.startswith(".sidekick-tmp-") and "0badf00d" not in p.name),
+                 timeout=30, what="download to start writing")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        release.set()
+        listener.close()
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM before finishing" in last_line(err)
+    assert "removed a leftover of an interrupted run" in err
+    assert _temps(peer / "backup") == []
+    assert not (peer / "backup" / NAME).exists()
