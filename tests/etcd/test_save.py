@@ -104,6 +104,19 @@ def test_once_s3_https_with_folder_as_rke_calls_it(root: Path, etcd_server: Etcd
     assert "Skipping upload to s3" in again.stderr
 
 
+def test_versioned_bucket_gets_a_new_version(root: Path, etcd_server: EtcdServer, s3_http: S3Server) -> None:
+    bucket = s3_http.new_bucket()
+    client = s3_http.client()
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    flags = rke_s3_flags(f"http://{s3_http.endpoint}", bucket)
+    for _ in range(2):
+        done = save(root, etcd_server.endpoint, "snap-versioned", "--once", *flags, env=rke_s3_env(ACCESS_KEY, SECRET_KEY))
+        assert done.returncode == 0, done.stderr
+        assert "Skipping upload" not in done.stderr
+    versions = client.list_object_versions(Bucket=bucket, Prefix="snap-versioned.zip").get("Versions", [])
+    assert len(versions) == 2
+
+
 def test_etcd_down_retries_then_fails_clearly(root: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
