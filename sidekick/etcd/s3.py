@@ -316,12 +316,29 @@ class S3Store:
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
             except Exception as err:
-                raise S3Error(f"failed to delete objects in bucket {self.config.bucket}: {describe_error(err)}") from None
+                if not _not_implemented(err):
+                    raise S3Error(f"failed to delete objects in bucket {self.config.bucket}: "
+                                  f"{describe_error(err)}") from None
+                # Some S3-compatible stores (GCS's XML API) lack DeleteObjects.
+                log.info("DeleteObjects not supported here: deleting one object at a time")
+                deleted.extend(self._delete_one_by_one(batch))
+                continue
             failed = {e.get("Key", ""): e for e in response.get("Errors", []) or []}
             for key, error in failed.items():
                 log.warning("S3 refused to delete an object",
                             extra=kv(key=key, code=error.get("Code", ""), error=error.get("Message", "")))
             deleted.extend(k for k in batch if k not in failed)
+        return deleted
+
+    def _delete_one_by_one(self, keys: list[str]) -> list[str]:
+        deleted = []
+        for key in keys:
+            try:
+                self.client.delete_object(Bucket=self.config.bucket, Key=key)
+            except Exception as err:
+                log.warning("S3 refused to delete an object", extra=kv(key=key, error=describe_error(err)))
+                continue
+            deleted.append(key)
         return deleted
 
     # --- download -----------------------------------------------------------------------
@@ -355,6 +372,16 @@ class S3Store:
                 raise S3Error(f"downloaded {key} does not match its archive-sha256 metadata "
                               f"(got {digest}, expected {expected})")
         return digest
+
+
+def _not_implemented(err: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(err, ClientError):
+        return False
+    code = str(err.response.get("Error", {}).get("Code", ""))
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"NotImplemented", "501"} or status == 501
 
 
 def _fd_sha256(fd: int, chunk: int = 1 << 20) -> str:

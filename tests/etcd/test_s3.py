@@ -211,3 +211,78 @@ def test_failed_multipart_upload_is_aborted(tmp_path: Path, s3_http: S3Server) -
         store.upload_file(big, "big.zip", metadata={"archive-sha256": "x"})
     assert len(calls) == 3
     assert client.head_object(Bucket=bucket, Key="big.zip")["ContentLength"] == 40 << 20
+
+
+class NoMultiDeleteProxy:
+    """HTTP proxy in front of moto answering 501 to DeleteObjects, as GCS's XML API does."""
+
+    def __init__(self, target: S3Server) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.refused = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "POST" and "delete" in self.path.split("?", 1)[-1].split("&"):
+                    owner.refused += 1
+                    reply = b"<Error><Code>NotImplemented</Code><Message>multi-object delete</Message></Error>"
+                    self.send_response(501)
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                    return
+                conn = http.client.HTTPConnection(target.host, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.integration
+def test_delete_falls_back_without_delete_objects(s3_http: S3Server) -> None:
+    bucket = s3_http.new_bucket()
+    client = s3_http.client()
+    keys = [f"{i}_etcd.zip" for i in range(5)]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    proxy = NoMultiDeleteProxy(s3_http)
+    try:
+        config = S3Config(endpoint=f"http://{proxy.endpoint}", bucket=bucket, access_key=ACCESS_KEY,
+                          secret_key=SECRET_KEY)
+        with S3Store(config) as store:
+            assert store.delete_keys(keys[:3]) == keys[:3]
+    finally:
+        proxy.stop()
+    assert proxy.refused >= 1
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]) == keys[3:]
