@@ -215,6 +215,11 @@ class PeerDownload:
         self.sleep = sleep
 
     def run(self) -> Digest:
+        known = verified.recall(self.dest)
+        if known is not None and self._already_here(known):
+            log.info("snapshot already here and verified as the peer's: not downloaded again",
+                     extra=kv(path=self.dest, size=known.size, sha256=known.sha256))
+            return known
         progress = Progress(log, "download", peer=self.peer.netloc, name=self.peer.name)
         with atomic_output(self.dest, mode=0o600) as out:
             state = _State(out.fileno(), HashingWriter(out.fileno(), chunk=CHUNK, depth=DEPTH))
@@ -265,27 +270,43 @@ class PeerDownload:
             raw.close()
             raise Transient(f"TLS handshake with {self.peer.netloc} failed: {err.strerror or err}") from None
 
+    def _request(self, sock: ssl.SSLSocket, method: str, headers: Sequence[str] = ()) -> Response:
+        lines = [
+            f"{method} {self.peer.path} HTTP/1.1",
+            f"Host: {self.peer.netloc}",
+            f"User-Agent: {USER_AGENT}",
+            "Accept-Encoding: identity",
+            "Connection: close",
+            *headers,
+        ]
+        try:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            return read_head(sock)
+        except ssl.SSLError as err:
+            raise _classify_tls(err, self.peer) from None
+        except OSError as err:
+            raise Transient(f"connection to {self.peer.netloc} failed: {err.strerror or err}") from None
+
+    def _already_here(self, known: Digest) -> bool:
+        """A verified copy exists (an earlier restore attempt): HEAD says if it is the same."""
+        try:
+            with self._connect() as sock:
+                tlsverify.verify_chain(tlsverify.peer_chain(sock), self.roots)
+                response = self._request(sock, "HEAD")
+        except Transient:
+            return False  # the GET attempts will retry and report
+        same_size = response.headers.get("content-length") == str(known.size)
+        sha = repr_digest_sha256(response.headers.get("repr-digest"))
+        return response.status == 200 and same_size and sha == known.sha256
+
     def _attempt(self, state: _State, progress: Progress) -> None:
         with self._connect() as sock:
             leaf = tlsverify.verify_chain(tlsverify.peer_chain(sock), self.roots)
             state.subject = tlsverify.subject_of(leaf)
-            request = [
-                f"GET {self.peer.path} HTTP/1.1",
-                f"Host: {self.peer.netloc}",
-                f"User-Agent: {USER_AGENT}",
-                "Accept-Encoding: identity",
-                "Connection: close",
-            ]
-            if state.received and state.etag:
-                request += [f"Range: bytes={state.received}-", f"If-Range: {state.etag}"]
-            try:
-                sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode("latin-1"))
-                response = read_head(sock)
-            except ssl.SSLError as err:
-                raise _classify_tls(err, self.peer) from None
-            except OSError as err:
-                raise Transient(f"connection to {self.peer.netloc} failed: {err.strerror or err}") from None
+            resume = [f"Range: bytes={state.received}-", f"If-Range: {state.etag}"] if state.received and state.etag else []
+            response = self._request(sock, "GET", resume)
             length = self._accept_response(state, response)
+            progress.total = state.total
             self._receive(sock, state, response.leftover, length, progress)
 
     def _accept_response(self, state: _State, response: Response) -> int:
@@ -414,8 +435,10 @@ def fetch_from_s3(opts: Options, *, extract: bool) -> Path:
                 time.sleep(delay)
     progress.finish(size=path.stat().st_size)
     if extract and path.name.endswith(".zip"):
-        digest = extract_snapshot(opts.name, path)
-        log.info("snapshot extracted", extra=kv(path=f"{SNAPSHOT_DIR}/{opts.name}", size=digest.size, sha256=digest.sha256))
+        snapshot = extract_snapshot(opts.name, path)
+        assert snapshot.digest is not None
+        log.info("snapshot ready", extra=kv(path=f"{SNAPSHOT_DIR}/{opts.name}", size=snapshot.digest.size,
+                                            sha256=snapshot.digest.sha256, source=snapshot.origin))
     return path
 
 

@@ -307,16 +307,7 @@ def ensure_snapshot(name: str) -> SnapshotFile:
     dest = destination(snapshot_entry(name), SNAPSHOT_DIR)
     zip_path = archive_path(name)
     if zip_path.exists():
-        with Archive(zip_path) as archive:
-            info = archive.require(snapshot_entry(name))
-            expected = archive.manifest.get(info.filename)
-            known = verified.recall(dest)
-            if matches(known, info, expected):
-                assert known is not None
-                log.info("snapshot already extracted and verified", extra=kv(path=dest, size=known.size, sha256=known.sha256))
-                return SnapshotFile(dest, known, "already verified")
-            digest = archive.extract(info, dest)
-            return SnapshotFile(dest, digest, "extracted")
+        return extract_snapshot(name, zip_path)
     if dest.is_file():
         return SnapshotFile(dest, verified.recall(dest), "uncompressed file")
     raise SidekickError(
@@ -324,11 +315,16 @@ def ensure_snapshot(name: str) -> SnapshotFile:
     )
 
 
-def extract_snapshot(name: str, zip_path: Path) -> Digest:
-    """Extract ``/backup/<name>`` from a freshly downloaded archive."""
+def extract_snapshot(name: str, zip_path: Path) -> SnapshotFile:
+    """``/backup/<name>`` from ``zip_path``, unless the file there is already verified as it."""
     dest = destination(snapshot_entry(name), SNAPSHOT_DIR)
     with Archive(zip_path) as archive:
-        return archive.extract(archive.require(snapshot_entry(name)), dest)
+        info = archive.require(snapshot_entry(name))
+        known = verified.recall(dest)
+        if known is not None and matches(known, info, archive.manifest.get(info.filename)):
+            log.info("snapshot already extracted and verified", extra=kv(path=dest, size=known.size, sha256=known.sha256))
+            return SnapshotFile(dest, known, "already verified")
+        return SnapshotFile(dest, archive.extract(info, dest), "extracted")
 
 
 def extract_state_file(name: str) -> Path:

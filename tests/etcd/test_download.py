@@ -201,3 +201,39 @@ def test_content_range() -> None:
     assert parse_content_range("bytes 10-19/100") == (10, 19, 100)
     assert parse_content_range("bytes */100") is None
     assert parse_content_range(None) is None
+
+
+def test_a_verified_identical_copy_is_not_downloaded_again(
+    nodes, etcd_ssl: RkeSsl, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    _, dst, data = nodes
+    bodies: list[int] = []
+    real = serve.SnapshotServer._send_body
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        bodies.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(serve.SnapshotServer, "_send_body", counting)
+    with running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key,
+                        sha256=hashlib.sha256(data).hexdigest()) as srv:
+        first = pull(dst, srv.port, etcd_ssl, monkeypatch)
+        before = (dst / "backup" / NAME).stat()
+        with captured_logs(caplog):
+            again = pull(dst, srv.port, etcd_ssl, monkeypatch)
+    after = (dst / "backup" / NAME).stat()
+    assert again == first
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert any("not downloaded again" in r.getMessage() for r in caplog.records)
+    assert bodies == [1]  # the second run only asked HEAD
+
+
+def test_a_verified_copy_of_another_snapshot_is_replaced(nodes, etcd_ssl: RkeSsl, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, dst, data = nodes
+    old = os.urandom(1000)
+    (dst / "backup" / NAME).write_bytes(old)
+    verified.record(dst / "backup" / NAME, verified.Digest(len(old), hashlib.sha256(old).hexdigest()))
+    with running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key,
+                        sha256=hashlib.sha256(data).hexdigest()) as srv:
+        pull(dst, srv.port, etcd_ssl, monkeypatch)
+    assert (dst / "backup" / NAME).read_bytes() == data
