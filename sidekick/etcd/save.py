@@ -274,6 +274,7 @@ class Saver:
 
         name = retention.rolling_name(when)
         log.info("rolling snapshot", extra=kv(name=name))
+        self.clean_leftovers()  # a crashed run restarted by Docker left them less than 15 min ago
         try:
             write_statefile(name, backoff=s3_backoff(self.opts.retry_wait), stop=self.stop)
         except StateError as err:

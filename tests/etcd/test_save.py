@@ -391,3 +391,32 @@ def test_sigterm_during_once_leaves_nothing_behind(tmp_path: Path, big_etcd: Etc
         assert "interrupted by SIGTERM" in last_line(err)
         time.sleep(1)  # a surviving etcdctl would still be writing its .part file
         assert listing(root) == []
+
+
+def test_kill_9_mid_save_leaves_no_archive_and_the_next_run_cleans_up(tmp_path: Path, big_etcd: EtcdServer) -> None:
+    import signal
+
+    root = node_root(tmp_path, big_etcd.ssl)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env["SIDEKICK_ROOT"] = str(root)
+    from tests.conftest import SIDEKICK
+
+    proc = subprocess.Popen([str(SIDEKICK), "rke-etcd-backup", *rke_save_argv(big_etcd.endpoint, "snap-kill", "--once")],
+                            env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(n.startswith(".sidekick-tmp-") for n in listing(root)):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1)  # the orphaned etcdctl finishes or dies
+    assert "snap-kill.zip" not in listing(root)
+    leftovers = [n for n in listing(root) if n.startswith(".sidekick-tmp-")]
+    assert leftovers
+    old = time.time() - 3600
+    for name in leftovers:
+        os.utime(root / "backup" / name, (old, old))
+
+    done = save(root, big_etcd.endpoint, "snap-kill", "--once")
+    assert done.returncode == 0, done.stderr
+    assert listing(root) == ["snap-kill.zip"]
+    assert "removed a leftover of an interrupted run" in done.stderr
