@@ -17,6 +17,7 @@ from typing import Any
 
 from isal import isal_zlib
 
+from sidekick.errors import SidekickError
 from sidekick.etcd.verified import Digest
 
 DEFAULT_CHUNK = 4 << 20
@@ -107,8 +108,12 @@ class HashingWriter:
 
     # --- internals -------------------------------------------------------------------
     def _raise_pending(self) -> None:
-        if self._error is not None:
-            raise self._error
+        error = self._error
+        if error is None:
+            return
+        if isinstance(error, OSError):  # the disk, not the network: never worth a retry
+            raise SidekickError(f"writing the snapshot failed: {error.strerror or error}") from error
+        raise error
 
     def _enqueue(self, item: _Item) -> None:
         self._raise_pending()

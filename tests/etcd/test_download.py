@@ -237,3 +237,41 @@ def test_a_verified_copy_of_another_snapshot_is_replaced(nodes, etcd_ssl: RkeSsl
                         sha256=hashlib.sha256(data).hexdigest()) as srv:
         pull(dst, srv.port, etcd_ssl, monkeypatch)
     assert (dst / "backup" / NAME).read_bytes() == data
+
+
+def test_a_full_disk_fails_before_the_transfer(nodes, etcd_ssl: RkeSsl, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, dst, _ = nodes
+    import errno
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    sleeps: list[float] = []
+    with (
+        running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key) as srv,
+        pytest.raises(SidekickError, match=r"not enough space in /backup for the \d+ byte snapshot"),
+    ):
+        pull(dst, srv.port, etcd_ssl, monkeypatch, sleeps=sleeps)
+    assert sleeps == []
+    assert list((dst / "backup").iterdir()) == []
+
+
+def test_a_write_error_is_not_retried(nodes, etcd_ssl: RkeSsl, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, dst, _ = nodes
+    import errno
+
+    from sidekick.etcd import stream
+
+    def failing_write(fd: int, data: object) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(stream.os, "write", failing_write)
+    sleeps: list[float] = []
+    with (
+        running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key) as srv,
+        pytest.raises(SidekickError, match="writing the snapshot failed: Input/output error"),
+    ):
+        pull(dst, srv.port, etcd_ssl, monkeypatch, sleeps=sleeps)
+    assert sleeps == []
+    assert list((dst / "backup").iterdir()) == []
