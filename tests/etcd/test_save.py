@@ -130,6 +130,21 @@ def test_etcd_down_retries_then_fails_clearly(root: Path) -> None:
     assert time.monotonic() - started < 60
 
 
+def test_etcd_without_quorum_is_unhealthy(root: Path, tmp_path: Path, etcd_ssl: RkeSsl) -> None:
+    # A member of a two-member cluster whose peer never comes: up, but no leader.
+    lonely = EtcdServer(tmp_path / "lonely", etcd_ssl, name="etcd-a")
+    lonely.initial_cluster = f"etcd-a={lonely.peer_url},etcd-b=https://127.0.0.1:{free_port()}"
+    lonely.start(wait=False)
+    try:
+        done = save(root, lonely.endpoint, "snap-unhealthy", "--once", "--backup-retries=1")
+    finally:
+        lonely.stop()
+    assert done.returncode == 1
+    assert done.stderr.count("snapshot attempt failed") == 2
+    assert "failed to take etcd snapshot snap-unhealthy after 2 attempts: etcd is not healthy" in last_line(done.stderr)
+    assert listing(root) == []
+
+
 def test_s3_unreachable_keeps_local_and_says_upload_failed(root: Path, etcd_server: EtcdServer) -> None:
     dead = f"127.0.0.1:{free_port()}"
     done = save(root, etcd_server.endpoint, "snap-nos3", "--once", *rke_s3_flags(dead, "bucket"),
