@@ -162,6 +162,34 @@ def _warm_memory(directory: Path, size: int) -> None:
     scratch.unlink()
 
 
+def _curl_from_openssl(directory: Path, ssl: object, out: Path, size: int) -> float:
+    """The same transfer from OpenSSL's own server (``s_server -WWW``, C): a native baseline
+    for ``serve`` measured on this machine now (it speaks HTTP/1.0 only)."""
+    port = _free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-quiet", "-WWW", "-accept", str(port), "-cert", str(ssl.node_cert),  # type: ignore[attr-defined]
+         "-key", str(ssl.node_key), "-Verify", "1", "-CAfile", str(ssl.cacert)],  # type: ignore[attr-defined]
+        cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not _listening(port):
+            if server.poll() is not None:
+                raise RuntimeError("openssl s_server exited")
+            time.sleep(0.01)
+        _warm_memory(out.parent, size + size // 2)
+        _, _, _, text = _run_measured(
+            ["curl", "-sS", "-k", "--http1.0", "--cert", str(ssl.node_cert), "--key", str(ssl.node_key),  # type: ignore[attr-defined]
+             "-o", str(out), "-w", "%{speed_download}", f"https://127.0.0.1:{port}/{NAME}"],
+            {**os.environ, "CURL_CA_BUNDLE": ""},
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    if out.stat().st_size != size:
+        raise RuntimeError(f"openssl s_server sent {out.stat().st_size} bytes, expected {size}")
+    return float(text.strip().splitlines()[-1]) / MB
+
+
 def run() -> list[Row]:
     from sidekick.etcd.archive import write_archive
     from tests.harness.pki import CertificateAuthority, RkeSsl
@@ -205,6 +233,8 @@ def run() -> list[Row]:
             curl_mbps = float(curl_text.strip().splitlines()[-1]) / MB
         finally:
             server_rss = server.stop()
+        curl_out.unlink()
+        native_mbps = _curl_from_openssl(source / "backup", ssl, curl_out, size)
         same = (peer / "backup" / NAME).stat().st_size == size == curl_out.stat().st_size
         note = f"{size // MB} MB snapshot" + ("" if same else ", SIZE MISMATCH")
 
@@ -214,6 +244,8 @@ def run() -> list[Row]:
             Row("etcd download command (whole run)", size / MB / wall, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS,
                 "includes interpreter start"),
             Row("curl from our serve", curl_mbps, "MB/s", "curl from Go serve (issue)", GO_CURL_MBPS),
+            Row("curl from our serve", curl_mbps, "MB/s", "curl from openssl s_server", native_mbps,
+                "same mTLS, C server"),
             Row("etcd download peak RSS", client_rss, "MiB", "Go rke-tools (issue)", GO_RSS_CLIENT_MIB, "goal < 64"),
             Row("etcd serve peak RSS", server_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB, "goal < 64"),
             Row("curl peak RSS", curl_rss, "MiB"),
