@@ -234,7 +234,7 @@ def run() -> list[Row]:
                 note=f"gzip ratio {gzip_ratio:.3f}"),
             Row("archive stage (deflate)", archive_mbps, "MB/s", "python zipfile -5", _mbps(size, py_s),
                 note=f"zipfile ratio {py_ratio:.3f}; Go tool on the issue: 138-155 MB/s"),
-            Row("upload stage (multipart, 4 parts)", upload_mbps, "MB/s", "single put_object", single_put,
+            Row("upload stage (multipart, 4 parallel parts)", upload_mbps, "MB/s", "single put_object", single_put,
                 note=f"archive {archive_size / 1e6:.0f} MB to moto over HTTP"),
             Row("save --once with S3, peak RSS", poller.peak / 2**20, "MiB", note="goal < 100 MiB"),
             Row("save --once with S3, wall", total, "s", note=note),

@@ -96,6 +96,16 @@ class Saver:
         if self.stop.is_set():
             raise Stopped()
 
+    def _interruptible(self, add: Callable[[int], None]) -> Callable[[int], None]:
+        """A progress callback that ends a long archive or upload soon after SIGTERM (rolling
+        mode): the archive's temp file is removed, the multipart upload aborted."""
+
+        def callback(count: int) -> None:
+            self.checkpoint()
+            add(count)
+
+        return callback
+
     # --- the snapshot ---------------------------------------------------------------------
     def take_snapshot(self, name: str) -> Snapshot:
         ctl = self.etcdctl()
@@ -138,7 +148,7 @@ class Saver:
         progress = Progress(log, "archive", total=raw.stat().st_size, interval=self.progress_interval,
                             name=f"{name}.zip")
         try:
-            result = write_archive(dest, entries, on_input=progress.add)
+            result = write_archive(dest, entries, on_input=self._interruptible(progress.add))
         except OSError as err:
             reason = "no space left on device" if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) \
                 else (err.strerror or str(err))
@@ -191,8 +201,10 @@ class Saver:
             progress = Progress(log, "upload", total=snap.archive.size, interval=self.progress_interval,
                                 key=key, bucket=store.config.bucket)
             try:
-                store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
+                store.upload_file(path, key, metadata=metadata, on_bytes=self._interruptible(progress.add))
             except S3Error as err:
+                if self.stop.is_set():  # the stop came through the callback: multipart aborted
+                    raise Stopped() from None
                 last = err
                 log.warning(f"{UPLOAD_FAILED}: {err}, retried {attempt} times", extra=kv(key=key))
                 continue

@@ -193,3 +193,45 @@ def test_render_state_is_two_space_json() -> None:
     assert render_state('{"a":{"b":[1,2]},"c":"é"}') == '{\n  "a": {\n    "b": [\n      1,\n      2\n    ]\n  },\n  "c": "é"\n}'.encode()
     with pytest.raises(StateError):
         render_state("{not json")
+
+
+# --- SIGTERM in the middle of a long step ---------------------------------------------------
+def test_stop_during_upload_aborts_it(tmp_path: Path, s3_http: S3Server) -> None:
+    from sidekick.etcd.archive import write_archive
+    from sidekick.etcd.options import Options
+    from sidekick.etcd.retry import StopFlag
+    from sidekick.etcd.s3 import S3Config, S3Store
+    from sidekick.etcd.save import Saver, Snapshot, Stopped
+    from sidekick.host.proc import Runner
+
+    raw = tmp_path / "raw"
+    with open(raw, "wb") as out:
+        for _ in range(40):
+            out.write(os.urandom(1 << 20))
+    archive = write_archive(tmp_path / "2024-10-04T12:00:00Z_etcd.zip", [("/backup/2024-10-04T12:00:00Z_etcd", raw)])
+    bucket = s3_http.new_bucket()
+    stop_flag = StopFlag()
+    saver = Saver(Options(s3_bucket_name=bucket, retry_wait=0), Runner(), stop_flag)
+    config = S3Config(endpoint=f"http://{s3_http.endpoint}", bucket=bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    with S3Store(config) as store:
+        real_upload = store.upload_file
+
+        def upload_then_sigterm(path: Path, key: str, *, metadata: dict[str, str], on_bytes: object) -> None:
+            sent = [0]
+
+            def counting(count: int) -> None:
+                sent[0] += count
+                if sent[0] > 20 << 20:
+                    stop_flag.set()  # what the SIGTERM handler does
+                on_bytes(count)  # type: ignore[operator]
+
+            real_upload(path, key, metadata=metadata, on_bytes=counting)
+
+        store.upload_file = upload_then_sigterm  # type: ignore[method-assign]
+        started = time.monotonic()
+        with pytest.raises(Stopped):
+            saver.upload(store, Snapshot("2024-10-04T12:00:00Z_etcd", archive))
+        assert time.monotonic() - started < 30
+    client = s3_http.client()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
