@@ -62,7 +62,8 @@ MAX_SNAPSHOT_BYTES = 64 << 30  # etcd's own hard quota is 8 GiB; beyond 64 GiB a
 MAX_STATE_BYTES = 64 << 20  # a cluster.rkestate is a few hundred KiB of JSON
 MAX_RATIO = 1100  # deflate cannot exceed about 1032:1; a larger declared ratio is a bomb
 MAX_ENTRIES = 1024
-CHUNK = 1 << 20
+CHUNK = 4 << 20  # the most one inflate call may produce
+READ_SIZE = 256 << 10
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_SIGNATURE = 0x04034B50
@@ -195,10 +196,12 @@ class Archive:
             raise ArchiveError(f"{self.path}: entry {info.filename} has a different name in its local header")
         source.seek(extra_len, os.SEEK_CUR)
 
-    def chunks(self, info: zipfile.ZipInfo, *, chunk: int = CHUNK) -> Iterator[bytes]:
-        """The entry's bytes, inflated ``chunk`` at a time, never past its declared size.
+    def chunks(self, info: zipfile.ZipInfo, *, chunk: int = CHUNK, read_size: int = READ_SIZE) -> Iterator[bytes]:
+        """The entry's bytes, at most ``chunk`` at a time, never past its declared size.
 
-        Size and CRC-32 are the caller's to check (it hashes the stream anyway).
+        Input is read ``read_size`` at a time, small enough that one inflate call usually
+        consumes all of it (no copies of a leftover tail), while ``chunk`` caps each output
+        so a bomb cannot balloon memory. Size and CRC-32 are the caller's to check.
         """
         with open(self.path, "rb") as source:
             self._data_start(source, info)
@@ -210,7 +213,7 @@ class Archive:
                 if not tail:
                     if remaining <= 0:
                         break
-                    data = source.read(min(chunk, remaining))
+                    data = source.read(min(read_size, remaining))
                     if not data:
                         raise ArchiveError(f"{self.path} is truncated (entry {info.filename})")
                     remaining -= len(data)
