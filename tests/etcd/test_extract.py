@@ -313,3 +313,20 @@ def test_state_file_over_its_limit_is_refused(root: Path) -> None:
     make_go(root, state=b" " * (extract.MAX_STATE_BYTES + 1))
     with pytest.raises(SidekickError, match=r"more than the .* allowed"):
         extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+
+
+def test_hostile_entries_are_never_written(root: Path) -> None:
+    """An archive carrying extra entries aimed elsewhere: only the two exact names are read."""
+    state = json.dumps(STATE).encode()
+    write_go_archive(root / "backup" / f"{NAME}.zip", [
+        ("/etc/passwd", b"root::0:0::/root:/bin/sh\n"),
+        (f"/backup/../etc/{NAME}", b"escape"),
+        ("../../outside", b"escape"),
+        (f"/backup/{NAME}", b"the snapshot"),
+        (f"/etc/kubernetes/{NAME}.rkestate", state),
+    ])
+    extract.ensure_snapshot(NAME)
+    extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert written == [f"backup/{NAME}", f"backup/{NAME}.zip", "tmp/cluster.rkestate"]
+    assert not (root.parent / "outside").exists()
