@@ -180,7 +180,15 @@ class S3Store:
                  connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT) -> None:
         self.config = config
         self._ca_file: str | None = None
-        self.client: S3Client = client or self._make_client(connect_timeout, read_timeout)
+        try:
+            self.client: S3Client = client or self._make_client(connect_timeout, read_timeout)
+        except S3Error:
+            self.close()
+            raise
+        except Exception as err:  # e.g. an endpoint that is not a URL
+            self.close()
+            raise S3Error(f"cannot set up the S3 client for {config.endpoint or DEFAULT_ENDPOINT}: "
+                          f"{describe_error(err)}") from None
 
     def _make_client(self, connect_timeout: float, read_timeout: float) -> S3Client:
         import boto3
@@ -224,8 +232,10 @@ class S3Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._ca_file)
             self._ca_file = None
-        with contextlib.suppress(Exception):
-            self.client.close()
+        client = getattr(self, "client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def __enter__(self) -> S3Store:
         return self

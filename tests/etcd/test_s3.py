@@ -76,6 +76,11 @@ def test_endpoint_ca_forms(tmp_path: Path) -> None:
         load_endpoint_ca(str(tmp_path / "missing.pem"))
 
 
+def test_an_endpoint_that_is_not_a_url_is_one_s3_error() -> None:
+    with pytest.raises(S3Error, match="cannot set up the S3 client"):
+        S3Store(S3Config(endpoint="bad host:99999", bucket="b", access_key="a", secret_key="s"))
+
+
 def test_folder_keys_and_extension_stripping() -> None:
     assert S3Config(endpoint="e", bucket="b", folder="f").key("x.zip") == "f/x.zip"
     assert S3Config(endpoint="e", bucket="b").key("x.zip") == "x.zip"
