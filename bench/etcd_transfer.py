@@ -23,10 +23,12 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import SIDEKICK, Row
@@ -190,12 +192,48 @@ def _curl_from_openssl(directory: Path, ssl: object, out: Path, size: int) -> fl
     return float(text.strip().splitlines()[-1]) / MB
 
 
+@dataclass
+class _Transfer:
+    mbps: float
+    wall: float
+    rss: float
+    cpu: float
+    server_cpu: float = 0.0
+
+
+def _ours(server: _Server, peer: Path, size: int) -> _Transfer:
+    (peer / "backup" / NAME).unlink(missing_ok=True)  # else it is "already here" and skipped
+    before = _cpu_seconds(server.process.pid)
+    wall, rss, cpu, output = _run_measured(
+        [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
+         "--local-endpoint", "127.0.0.1", *CERTS],
+        _env(peer, server.port),
+    )
+    done = re.search(r'msg="download done".* size=(\d+) seconds=([0-9.]+) mbps=([0-9.]+)', output)
+    if not done or int(done.group(1)) != size:
+        raise RuntimeError(f"no complete 'download done' line in: {output[-500:]}")
+    return _Transfer(float(done.group(3)), wall, rss, cpu, _cpu_seconds(server.process.pid) - before)
+
+
+def _curl(server: _Server, ssl: object, out: Path, size: int) -> _Transfer:
+    out.unlink(missing_ok=True)
+    wall, rss, cpu, text = _run_measured(
+        ["curl", "-sS", "-k", "--http1.1", "--cacert", str(ssl.cacert), "--cert", str(ssl.node_cert),  # type: ignore[attr-defined]
+         "--key", str(ssl.node_key), "-o", str(out), "-w", "%{speed_download}",  # type: ignore[attr-defined]
+         f"https://127.0.0.1:{server.port}/{NAME}"],
+        {**os.environ, "CURL_CA_BUNDLE": ""},
+    )
+    if out.stat().st_size != size:
+        raise RuntimeError(f"curl got {out.stat().st_size} bytes, expected {size}")
+    return _Transfer(float(text.strip().splitlines()[-1]) / MB, wall, rss, cpu)
+
+
 def run() -> list[Row]:
     from sidekick.etcd.archive import write_archive
     from tests.harness.pki import CertificateAuthority, RkeSsl
 
     size = int(os.environ.get("SIDEKICK_BENCH_SNAPSHOT_MB", "512")) * MB
-    rows: list[Row] = []
+    repeat = max(1, int(os.environ.get("SIDEKICK_BENCH_REPEAT", "3")))
     with tempfile.TemporaryDirectory(prefix="bench-etcd-transfer-", dir=os.environ.get("SIDEKICK_BENCH_DIR")) as tmp:
         base = Path(tmp)
         ssl = RkeSsl.create(base / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
@@ -209,53 +247,44 @@ def run() -> list[Row]:
         cold = _Server(source)  # extracts the zip before listening
         cold_rss = cold.stop()
         server = _Server(source)  # already extracted and verified
+        ours: list[_Transfer] = []
+        curls: list[_Transfer] = []
+        curl_out = curl_dir / NAME
         try:
-            _warm_memory(base, size + size // 2)
-            cpu_before = _cpu_seconds(server.process.pid)
-            wall, client_rss, client_cpu, output = _run_measured(
-                [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
-                 "--local-endpoint", "127.0.0.1", *CERTS],
-                _env(peer, server.port),
-            )
-            server_cpu = _cpu_seconds(server.process.pid) - cpu_before
-            done = re.search(r'msg="download done".* seconds=([0-9.]+) mbps=([0-9.]+)', output)
-            if not done:
-                raise RuntimeError(f"no 'download done' line in: {output[-500:]}")
-            transfer_mbps = float(done.group(2))
-            curl_out = curl_dir / NAME
-            _warm_memory(base, size + size // 2)
-            _, curl_rss, curl_cpu, curl_text = _run_measured(
-                ["curl", "-sS", "-k", "--http1.1", "--cacert", str(ssl.cacert), "--cert", str(ssl.node_cert),
-                 "--key", str(ssl.node_key), "-o", str(curl_out), "-w", "%{speed_download}",
-                 f"https://127.0.0.1:{server.port}/{NAME}"],
-                {**os.environ, "CURL_CA_BUNDLE": ""},
-            )
-            curl_mbps = float(curl_text.strip().splitlines()[-1]) / MB
+            for _ in range(repeat):  # alternating, each after the same warm-up: same conditions
+                _warm_memory(base, size + size // 2)
+                ours.append(_ours(server, peer, size))
+                _warm_memory(base, size + size // 2)
+                curls.append(_curl(server, ssl, curl_out, size))
         finally:
             server_rss = server.stop()
         curl_out.unlink()
         native_mbps = _curl_from_openssl(source / "backup", ssl, curl_out, size)
-        same = (peer / "backup" / NAME).stat().st_size == size == curl_out.stat().st_size
-        note = f"{size // MB} MB snapshot" + ("" if same else ", SIZE MISMATCH")
 
-        rows += [
-            Row("etcd download from serve (transfer)", transfer_mbps, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS, note),
-            Row("etcd download from serve (transfer)", transfer_mbps, "MB/s", "curl from our serve", curl_mbps, note),
-            Row("etcd download command (whole run)", size / MB / wall, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS,
-                "includes interpreter start"),
-            Row("curl from our serve", curl_mbps, "MB/s", "curl from Go serve (issue)", GO_CURL_MBPS),
-            Row("curl from our serve", curl_mbps, "MB/s", "curl from openssl s_server", native_mbps,
-                "same mTLS, C server"),
-            Row("etcd download peak RSS", client_rss, "MiB", "Go rke-tools (issue)", GO_RSS_CLIENT_MIB, "goal < 64"),
-            Row("etcd serve peak RSS", server_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB, "goal < 64"),
-            Row("etcd serve peak RSS, cold start", cold_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB,
-                "includes the extraction"),
-            Row("curl peak RSS", curl_rss, "MiB"),
-            Row("etcd download CPU per GB", client_cpu / size * 1e9, "s", "curl from our serve", curl_cpu / size * 1e9,
-                "receive + decrypt + SHA-256 + write"),
-            Row("etcd serve CPU per GB", server_cpu / size * 1e9, "s", "", None, "read + encrypt + send"),
-            Row("etcd serve: listening, file verified", server.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S,
-                "goal < 1"),
-            Row("etcd serve: listening, cold (extract)", cold.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S),
-        ]
-    return rows
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    mine, theirs = median([t.mbps for t in ours]), median([t.mbps for t in curls])
+    spread = f"{size // MB} MB, median of {repeat}: " + "/".join(f"{t.mbps:.0f}" for t in ours)
+    return [
+        Row("etcd download from serve (transfer)", mine, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS, spread),
+        Row("etcd download from serve (transfer)", mine, "MB/s", "curl from our serve", theirs,
+            "curl runs: " + "/".join(f"{t.mbps:.0f}" for t in curls)),
+        Row("etcd download command (whole run)", size / MB / median([t.wall for t in ours]), "MB/s",
+            "Go rke-tools (issue)", GO_DOWNLOAD_MBPS, "includes interpreter start and fsync"),
+        Row("curl from our serve", theirs, "MB/s", "curl from Go serve (issue)", GO_CURL_MBPS),
+        Row("curl from our serve", theirs, "MB/s", "curl from openssl s_server", native_mbps, "same mTLS, C server, 1 run"),
+        Row("etcd download peak RSS", max(t.rss for t in ours), "MiB", "Go rke-tools (issue)", GO_RSS_CLIENT_MIB,
+            "goal < 64"),
+        Row("etcd serve peak RSS", server_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB, "goal < 64"),
+        Row("etcd serve peak RSS, cold start", cold_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB,
+            "includes the extraction"),
+        Row("curl peak RSS", max(t.rss for t in curls), "MiB"),
+        Row("etcd download CPU per GB", median([t.cpu for t in ours]) / size * 1e9, "s", "curl from our serve",
+            median([t.cpu for t in curls]) / size * 1e9, "receive + decrypt + SHA-256 + write"),
+        Row("etcd serve CPU per GB", median([t.server_cpu for t in ours]) / size * 1e9, "s", "", None,
+            "read + encrypt + send"),
+        Row("etcd serve: listening, file verified", server.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S,
+            "goal < 1"),
+        Row("etcd serve: listening, cold (extract)", cold.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S),
+    ]
