@@ -291,20 +291,23 @@ class SnapshotServer:
     # --- one client ------------------------------------------------------------------
     def _client(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         client = _addr(peer)
+        conn.settimeout(HANDSHAKE_TIMEOUT)
+        # The TLS socket takes over conn's descriptor: register it, so a stop can shut it down.
+        tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        with self._lock:
+            self._clients[threading.current_thread()] = tls
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
             try:
-                tls = self.context.wrap_socket(conn, server_side=True)
+                tls.do_handshake()
             except (OSError, ssl.SSLError) as err:
                 log.warning("TLS handshake refused", extra=kv(client=client, error=_reason(err)))
+                _linger_close(tls)
                 return
             tls.settimeout(IO_TIMEOUT)
-            with tls:
-                subject = subject_text(tls.getpeercert())
-                self._converse(tls, client, subject)
+            self._converse(tls, client, subject_text(tls.getpeercert()))
         finally:
             with contextlib.suppress(OSError):
-                conn.close()
+                tls.close()
             with self._lock:
                 self._clients.pop(threading.current_thread(), None)
             self._slots.release()
@@ -403,6 +406,18 @@ def _chunks(source: io.RawIOBase, start: int, length: int) -> Iterator[memoryvie
             return
         left -= count
         yield view[:count]
+
+
+def _linger_close(conn: ssl.SSLSocket) -> None:
+    """Close after a refused handshake without a reset: with TLS 1.3 the client has already
+    sent its request, and closing with it unread would make the kernel send RST, which can
+    destroy the alert that tells the client WHY (e.g. its certificate is not trusted)."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)  # also drops the TLS layer: what follows reads raw bytes
+        conn.settimeout(1.0)
+        for _ in range(16):  # at most 256 KiB or 1 s per read
+            if not conn.recv(16384):
+                break
 
 
 def _addr(peer: tuple[str, int] | tuple[str, int, int, int]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sidekick.etcd.archive import write_archive
 from tests.conftest import SIDEKICK, last_line, run_sidekick
 from tests.harness.etcd_backup import node_root
 from tests.harness.goarchive import write_go_archive
@@ -171,9 +172,12 @@ def _temps(directory: Path) -> list[str]:
 
 
 def test_sigterm_while_extracting_leaves_no_temp_file(source: Path) -> None:
-    data = os.urandom(256 << 20)
-    write_go_archive(source / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", data)])
-    del data
+    raw = source.parent / "raw"
+    block = os.urandom(1 << 20)  # incompressible for deflate's 32 KiB window: a slow extraction
+    with open(raw, "wb") as out:
+        for _ in range(256):
+            out.write(block)
+    write_archive(source / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", raw)])
     server = Serving(source, free_port())
     wait_for(lambda: bool(_temps(source / "backup")) or server.process.poll() is not None, timeout=30,
              what="extraction to start")
