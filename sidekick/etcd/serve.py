@@ -281,8 +281,10 @@ class SnapshotServer:
         with self._lock:
             clients = dict(self._clients)
         for conn in clients.values():
+            # The plain socket's shutdown: SSLSocket.shutdown would also drop the TLS object
+            # under the client thread's feet; this only makes its blocked read or write fail.
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
         for thread in clients:
             thread.join(timeout=5)
         self._wake_r.close()
