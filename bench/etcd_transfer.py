@@ -1,12 +1,15 @@
 """Snapshot transfer between nodes: ``serve`` -> ``download`` over loopback mutual TLS.
 
-Measured in one run, on one snapshot (``SIDEKICK_BENCH_SNAPSHOT_MB``, default 512):
+Measured in one run, on one snapshot (``SIDEKICK_BENCH_SNAPSHOT_MB``, default 512; files under
+``SIDEKICK_BENCH_DIR``, default the temp dir), ``SIDEKICK_BENCH_REPEAT`` (default 3) alternating
+runs of each transfer, medians reported:
 
 - our ``download`` from our ``serve``: MB/s of the transfer (from the tool's own "download
   done" line: connect, TLS, receive, SHA-256, write, fsync, rename) and of the whole command;
 - ``curl`` (``--cacert/--cert/--key``, ``-k`` because kube-node has no SANs) from our
-  ``serve`` into a file in the same directory: the baseline measured here;
-- peak RSS (``VmHWM``/``ru_maxrss``) of the server and of the client;
+  ``serve`` into a file in the same directory, and once from ``openssl s_server`` (C) with the
+  same certificates: the baselines measured here (curl neither hashes nor fsyncs);
+- peak RSS (``VmHWM`` polled until exit) of the server and of the client, CPU seconds per GB;
 - the server's time to listening on a cold start (extracting the zip) and on a second start
   (the file already extracted and verified).
 
