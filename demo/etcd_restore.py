@@ -101,13 +101,10 @@ class _Serve:
         return self.process.returncode, err
 
 
-def serve_and_download(ctx: Context) -> str:
-    """node1 serves its snapshot (RKE's etcd-Serve-backup), node2 downloads it (etcd-download-backup)."""
-    name = _snapshot(ctx)
+def _serve_and_download(ctx: Context, name: str) -> tuple[_Serve, _Serve, re.Match[str], bool, str, str]:
     node2 = ctx.workdir / "node2"
     (node2 / "backup").mkdir(parents=True, exist_ok=True)
     shutil.copytree(ctx.root / "etc/kubernetes/ssl", node2 / "etc/kubernetes/ssl", dirs_exist_ok=True)
-
     first = _Serve(ctx, name)  # extracts /backup/<name> from the zip, verified
     first.stop()
     server = _Serve(ctx, name)  # the file is already there and verified: no re-extraction
@@ -121,14 +118,39 @@ def serve_and_download(ctx: Context) -> str:
     done = re.search(r'msg="download done".*subject="([^"]*)".* size=(\d+) .*mbps=([0-9.]+)', result.stderr)
     if not done:
         raise RuntimeError("no 'download done' line")
-    source, copy = ctx.root / f"backup/{name}", node2 / f"backup/{name}"
-    same = _md5(source) == _md5(copy)
-    mode = oct(copy.stat().st_mode & 0o777)
+    copy = node2 / f"backup/{name}"
+    same = _md5(ctx.root / f"backup/{name}") == _md5(copy)
+    clients = served.count('msg="snapshot sent"')
+    outcome = f"serve logged {clients} client(s), SIGTERM -> exit {code}"
+    return first, server, done, same, outcome, oct(copy.stat().st_mode & 0o777)
+
+
+def serve_and_download(ctx: Context) -> str:
+    """node1 serves its snapshot (RKE's etcd-Serve-backup), node2 downloads it (etcd-download-backup)."""
+    name = _snapshot(ctx)
+    first, server, done, same, outcome, mode = _serve_and_download(ctx, name)
     return (f"{name}: serve listened after {first.listen_seconds:.2f}s (extracting), {server.listen_seconds:.2f}s on the "
-            f"second start (already verified); node2 downloaded {int(done.group(2)) / 1024:.0f} KiB at "
-            f"{done.group(3)} MB/s from a peer whose chain was verified ({done.group(1)}), mode {mode}, "
-            f"md5 equal on both nodes: {same}; serve logged {served.count('snapshot sent')} client(s), "
-            f"SIGTERM -> exit {code}")
+            f"second start (already verified); node2 downloaded {int(done.group(2)) / 1024:.0f} KiB from a peer whose "
+            f"chain was verified ({done.group(1)}), mode {mode}, md5 equal on both nodes: {same}; {outcome}")
+
+
+def large_transfer(ctx: Context) -> str:
+    """The same path with a 256 MB snapshot, for a throughput figure (bench/etcd_transfer.py measures more)."""
+    from sidekick.etcd.archive import write_archive
+
+    name = "demo-large-snapshot"
+    raw = ctx.workdir / name
+    block = b"".join(f"/registry/demo/{i:06d}".encode() + os.urandom(100) + bytes(400) for i in range(2048))
+    with open(raw, "wb") as out:
+        for _ in range(256_000_000 // len(block) + 1):
+            out.write(block)
+    write_archive(ctx.root / f"backup/{name}.zip", [(f"/backup/{name}", raw)])
+    raw.unlink()
+    first, server, done, same, outcome, _ = _serve_and_download(ctx, name)
+    size = int(done.group(2))
+    return (f"{size / 1e6:.0f} MB: cold serve extracted and listened in {first.listen_seconds:.2f}s, second start "
+            f"{server.listen_seconds:.2f}s; download {done.group(3)} MB/s (mTLS, SHA-256 checked, fsync), "
+            f"md5 equal: {same}; {outcome}")
 
 
 def extract_state_file(ctx: Context) -> str:
