@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import SIDEKICK, Row
+from tests.harness.ports import free_port, port_open
 
 NAME = "bench_etcd_snapshot"
 MB = 1_000_000
@@ -78,22 +79,6 @@ def _env(root: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _hwm_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -103,13 +88,13 @@ def _hwm_mib(pid: int) -> float:
 
 class _Server:
     def __init__(self, root: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.began = time.perf_counter()
         self.process = subprocess.Popen(
             [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "serve", "--name", NAME, *CERTS],
             env=_env(root, self.port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        while not _listening(self.port):
+        while not port_open(self.port):
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited: {self.process.stderr.read() if self.process.stderr else ''}")
             time.sleep(0.005)
@@ -170,14 +155,14 @@ def _warm_memory(directory: Path, size: int) -> None:
 def _curl_from_openssl(directory: Path, ssl: object, out: Path, size: int) -> float:
     """The same transfer from OpenSSL's own server (``s_server -WWW``, C): a native baseline
     for ``serve`` measured on this machine now (it speaks HTTP/1.0 only)."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-quiet", "-WWW", "-accept", str(port), "-cert", str(ssl.node_cert),  # type: ignore[attr-defined]
          "-key", str(ssl.node_key), "-Verify", "1", "-CAfile", str(ssl.cacert)],  # type: ignore[attr-defined]
         cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        while not _listening(port):
+        while not port_open(port):
             if server.poll() is not None:
                 raise RuntimeError("openssl s_server exited")
             time.sleep(0.01)

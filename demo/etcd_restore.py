@@ -11,11 +11,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tests.harness.ports import free_port, port_open
 
 if TYPE_CHECKING:  # demo.steps imports this module to list the steps
     from demo.steps import Context
@@ -42,18 +43,6 @@ def _env(root: Path, port: int | None = None) -> dict[str, str]:
     if port is not None:  # serve on loopback, download dials the same port
         env.update(SIDEKICK_SERVE_ADDRESS="127.0.0.1", SIDEKICK_SERVE_PORT=str(port))
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _md5(path: Path) -> str:
@@ -84,11 +73,11 @@ def _snapshot(ctx: Context) -> str:
 
 class _Serve:
     def __init__(self, ctx: Context, name: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         began = time.monotonic()
         self.process = subprocess.Popen([*_tool(ctx), "etcd-backup", "serve", "--name", name, *CERTS],
                                         env=_env(ctx.root, self.port), stderr=subprocess.PIPE, text=True)
-        while not _listening(self.port):
+        while not port_open(self.port):
             if self.process.poll() is not None or time.monotonic() - began > 60:
                 raise RuntimeError(f"serve did not listen: {self.stop()[1].strip().splitlines()[-1:]}")
             time.sleep(0.01)
