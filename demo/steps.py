@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.entrypoint import aws_hostname, scheduler_passthrough
+from demo.etcd_drill import local_restore_drill, s3_restore_drill
 from demo.etcd_restore import extract_state_file, large_transfer, serve_and_download
 from demo.etcd_save import rolling_retention, save_once_to_s3
 from demo.node_tools import cert_deployer_bundle, nginx_proxy_failover
@@ -80,4 +81,6 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("cert-deployer: RKE bundle", cert_deployer_bundle),
     ("entrypoint.sh: kube-scheduler exec", scheduler_passthrough),
     ("entrypoint.sh: EC2 hostname (IMDSv2)", aws_hostname),
+    ("etcd drill: 3 netns, local restore", local_restore_drill),
+    ("etcd drill: restore from S3", s3_restore_drill),
 ]
