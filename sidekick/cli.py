@@ -15,6 +15,10 @@ def run_click(command: click.Command, argv: list[str], *, prog_name: str) -> int
         result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as done:
         return done.exit_code
+    except click.exceptions.NoArgsIsHelpError as err:
+        # A group called without its subcommand: the help is the answer, not a one-line error.
+        click.echo(err.ctx.get_help() if err.ctx else err.format_message())
+        return 2
     except click.UsageError as err:
         # One line: the original's users (and RKE) see only the last line.
         raise UsageError(err.format_message().replace("\n", " ")) from None

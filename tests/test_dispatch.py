@@ -107,3 +107,22 @@ def test_dispatch_imports_only_the_chosen_tool() -> None:
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert "sidekick" in imported
     assert not imported & heavy
+
+
+def test_click_group_without_subcommand_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    import click
+
+    from sidekick.cli import run_click
+
+    @click.group()
+    def group() -> None:
+        """Utility services."""
+
+    @group.command()
+    def save() -> None:
+        """Take a snapshot."""
+
+    assert run_click(group, [], prog_name="tool") == 2
+    captured = capsys.readouterr()
+    assert "Usage: tool" in captured.out and "save" in captured.out
+    assert captured.err == ""
