@@ -54,16 +54,15 @@ RUN --mount=type=bind,source=build/image/build-ca.crt,target=/run/build-ca.crt \
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d \
  && apt-get -o Acquire::https::CAInfo=/run/build-ca.crt update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::https::CAInfo=/run/build-ca.crt install -y -qq --no-install-recommends \
-      nginx libnginx-mod-stream etcd-client acl ncat >/dev/null \
+      nginx libnginx-mod-stream etcd-client acl netcat-openbsd >/dev/null \
  && rm -f /usr/sbin/policy-rc.d \
  && rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /var/log/* /var/cache/debconf/*-old \
  # RKE's helper containers run `sh -c` lines written for bash (echo -e), as the original
- # image makes /bin/sh bash. Its port listener `nc -kl -p 1337 -e echo` needs an nc that
- # keeps listening (-k) and accepts -e, and the checker `nc -w 5 -z`: ncat does both
- # (Debian's busybox nc lacks -k and -z, netcat-openbsd lacks -e).
+ # image makes /bin/sh bash.
  && ln -sf bash /bin/sh \
- && ln -s /usr/bin/ncat /usr/local/bin/nc \
  && ln -s /usr/bin/etcdctl /usr/local/bin/etcdctl
+# nc as RKE's port listener and checker call it (see the script).
+COPY scripts/image/nc /usr/local/bin/nc
 COPY --from=cni /usr/lib/cni/loopback /usr/lib/cni/portmap /tmp/
 COPY --from=cri /out/cri-dockerd /opt/rke-tools/bin/cri-dockerd
 COPY --from=builder /opt/rke-tools /opt/rke-tools

@@ -4,10 +4,16 @@ RKE sets Entrypoint and Cmd as lists through the API; the CLI takes one ``--entr
 word, so the rest of RKE's Entrypoint goes first in the command: the process sees the same
 argv. Every container gets a unique suffix (the engine may be shared) and is removed with its
 anonymous volumes at the end, as RKE removes them (``Force``, ``RemoveVolumes``).
+
+``Privileged`` is granted where the engine can: this kind of machine withholds a capability
+(CAP_SYS_RESOURCE) from its own bounding set, so runc cannot apply the full set and
+``--privileged`` fails. There the nearest config stands in: every capability the machine
+has, seccomp unconfined (see :func:`privileged_flags`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -17,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DOCKER = "/usr/bin/docker"  # Debian's client, matched to Debian's engine
 IMAGE = os.environ.get("SIDEKICK_IMAGE", "sidekick:dev")
@@ -67,7 +74,7 @@ class Containers:
         for donor in volumes_from:
             args += ["--volumes-from", donor]
         if privileged:
-            args.append("--privileged")
+            args += privileged_flags()
         if restart:
             args += ["--restart", restart]
         for port in ports:
@@ -95,6 +102,30 @@ class Containers:
         if self.names:
             docker("rm", "--force", "--volumes", *self.names, check=False)
             self.names.clear()
+
+
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE",
+)
+
+
+@functools.cache
+def privileged_flags() -> tuple[str, ...]:
+    """``--privileged`` if the engine can start such a container here, else the nearest."""
+    if docker("run", "--rm", "--privileged", FOREIGN, "true", check=False).returncode == 0:
+        return ("--privileged",)
+    status = Path("/proc/self/status").read_text()
+    bounding = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:")), 16)
+    missing = [name for bit, name in enumerate(CAPABILITIES) if not bounding >> bit & 1]
+    flags = ["--cap-add", "ALL", "--security-opt", "seccomp=unconfined"]
+    for name in missing:
+        flags += ["--cap-drop", name]
+    return tuple(flags)
 
 
 def wait(name: str, *, timeout: float = 180) -> int:
