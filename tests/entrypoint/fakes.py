@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,12 +61,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = _handle
 
 
-class App:
+class App(ABC):
     def __init__(self) -> None:
         self.seen: list[Seen] = []
 
+    @abstractmethod
     def answer(self, req: Seen) -> tuple[int, bytes | dict[str, Any] | list[Any]]:
-        raise NotImplementedError
+        """The status and body for one request (each fake service speaks its own API)."""
 
     @contextmanager
     def serve(self, *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
