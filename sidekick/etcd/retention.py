@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sidekick.host.files import TEMP_PREFIX
+
 # Go's time.RFC3339 as time.Parse accepts it (fractional seconds allowed).
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
@@ -28,7 +30,6 @@ _RFC3339 = re.compile(
 _S3_NAME = re.compile(r"^.+_etcd(\.zip)?$")
 _RANCHER_PREFIX = re.compile(r"^c-[a-z0-9].*?-")
 _RANCHER_RECURRING = re.compile(r"^c-[a-z0-9].*?-r.-")
-TEMP_PREFIX = ".sidekick-tmp-"
 
 
 def parse_rfc3339(text: str) -> dt.datetime | None:
