@@ -58,18 +58,25 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ign
 
 
 def setup(*, debug: bool | None = None) -> None:
-    """Send every ``sidekick.*`` logger to stderr in logrus format (idempotent)."""
-    if debug is None:
-        debug = os.environ.get("RANCHER_DEBUG", "").lower() in {"1", "true", "yes"} or bool(
-            os.environ.get("SIDEKICK_DEBUG")
-        )
+    """Send every ``sidekick.*`` logger to stderr in logrus format.
+
+    Idempotent: a second call without ``debug`` keeps the level already chosen (a tool's
+    ``--debug`` flag must survive the dispatcher setting up logging again for an error).
+    """
     logger = logging.getLogger("sidekick")
-    if not any(getattr(h, "_sidekick", False) for h in logger.handlers):
+    configured = any(getattr(h, "_sidekick", False) for h in logger.handlers)
+    if not configured:
         handler = _StderrHandler()
         handler.setFormatter(LogrusFormatter())
         handler._sidekick = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+    if debug is None:
+        if configured:
+            return
+        debug = os.environ.get("RANCHER_DEBUG", "").lower() in {"1", "true", "yes"} or bool(
+            os.environ.get("SIDEKICK_DEBUG")
+        )
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
 
 

@@ -126,3 +126,28 @@ def test_click_group_without_subcommand_prints_help_and_exits_2(capsys: pytest.C
     captured = capsys.readouterr()
     assert "Usage: tool" in captured.out and "save" in captured.out
     assert captured.err == ""
+
+
+def test_unexpected_error_traceback_only_at_debug(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import types
+
+    from sidekick import log as sklog
+
+    def crash_after_debug_flag(argv: list[str]) -> int:
+        sklog.set_debug("--debug" in argv)  # what a tool's --debug flag does
+        raise KeyError("boom")
+
+    fake = types.ModuleType("sidekick_fake_debug")
+    fake.crash = crash_after_debug_flag  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sidekick_fake_debug", fake)
+    monkeypatch.setitem(dispatch.TOOLS, "crash", dispatch.Tool("sidekick_fake_debug:crash", "x"))
+    monkeypatch.delenv("RANCHER_DEBUG", raising=False)
+    monkeypatch.delenv("SIDEKICK_DEBUG", raising=False)
+    sklog.setup(debug=False)
+
+    assert dispatch.main(["crash"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    assert dispatch.main(["crash", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err
+    assert last_line(err).startswith('time="') and "unexpected error in crash: KeyError" in last_line(err)
