@@ -15,10 +15,14 @@
  * site.py; -X utf8 makes I/O independent of the foreign locale. argv[0] is passed on
  * unchanged, so the dispatcher still picks the tool by the name it was called by.
  *
- * In the C locale (most containers) Python sets LC_CTYPE=C.UTF-8 in its own environment
- * (PEP 538), which the Kubernetes component entrypoint.sh execs would inherit. So the
- * launcher hands the original LC_CTYPE over in SIDEKICK_LAUNCHER_LC_CTYPE ("=value", or empty
- * when unset) and the boot code puts it back before any tool runs.
+ * The component entrypoint.sh execs must get the environment exactly as the image gave it,
+ * but two variables must not reach the volume's Python as they are:
+ * - LC_CTYPE: in the C locale (most containers) Python sets LC_CTYPE=C.UTF-8 in its own
+ *   environment (PEP 538), which the component would inherit;
+ * - LD_PRELOAD: a library the foreign image preloads is built for its C library, not the
+ *   volume's, and would be loaded into the volume's Python by the bundled loader.
+ * So the launcher hands each over in SIDEKICK_LAUNCHER_<NAME> ("=value", or empty when
+ * unset), removes LD_PRELOAD, and the boot code puts both back before any tool runs.
  */
 #include <errno.h>
 #include <limits.h>
@@ -27,12 +31,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define LC_KEEP "SIDEKICK_LAUNCHER_LC_CTYPE"
+#define KEEP_PREFIX "SIDEKICK_LAUNCHER_"
 #define BOOT                                                          \
     "import os, sys\n"                                                \
-    "lc = os.environ.pop('" LC_KEEP "', None)\n"                       \
-    "if lc: os.environ['LC_CTYPE'] = lc[1:]\n"                        \
-    "elif lc is not None: os.environ.pop('LC_CTYPE', None)\n"         \
+    "for n in ('LC_CTYPE', 'LD_PRELOAD'):\n"                          \
+    "    v = os.environ.pop('" KEEP_PREFIX "' + n, None)\n"           \
+    "    if v: os.environ[n] = v[1:]\n"                               \
+    "    elif v is not None: os.environ.pop(n, None)\n"               \
     "sys.path.append(sys.prefix + '/lib/python3/site-packages')\n"    \
     "from sidekick.dispatch import main\n"                            \
     "sys.exit(main(sys.argv[1:]))\n"
@@ -41,6 +46,23 @@ static void fail(const char *what, const char *path)
 {
     fprintf(stderr, "level=fatal msg=\"sidekick launcher: %s %s: %s\"\n", what, path, strerror(errno));
     exit(127);
+}
+
+/* Save NAME's value (or its absence) in SIDEKICK_LAUNCHER_NAME for the boot code. */
+static void hand_over(const char *name, int remove)
+{
+    static char keyname[64];
+    const char *value = getenv(name);
+    size_t len = value ? strlen(value) + 2 : 1;
+    char *keep = malloc(len);
+    if (keep == NULL)
+        fail("out of memory for", name);
+    snprintf(keep, len, "%s%s", value ? "=" : "", value ? value : "");
+    snprintf(keyname, sizeof keyname, "%s%s", KEEP_PREFIX, name);
+    if (setenv(keyname, keep, 1) != 0)
+        fail("cannot set", keyname);
+    if (remove && unsetenv(name) != 0)
+        fail("cannot unset", name);
 }
 
 int main(int argc, char **argv)
@@ -61,14 +83,8 @@ int main(int argc, char **argv)
         fail("path too long:", self);
     }
 
-    const char *lc = getenv("LC_CTYPE");
-    size_t lclen = lc ? strlen(lc) + 2 : 1;
-    char *keep = malloc(lclen);
-    if (keep == NULL)
-        fail("out of memory for", "LC_CTYPE");
-    snprintf(keep, lclen, "%s%s", lc ? "=" : "", lc ? lc : "");
-    if (setenv(LC_KEEP, keep, 1) != 0)
-        fail("cannot set", LC_KEEP);
+    hand_over("LC_CTYPE", 0);
+    hand_over("LD_PRELOAD", 1);
 
     const char *head[] = {loader, "--library-path", libdir, "--argv0", python, python,
                           "-I", "-S", "-X", "utf8", "-c", BOOT};

@@ -156,6 +156,25 @@ def test_component_gets_the_environment_bash_would_give_it(
     assert not any(line.startswith(("LC_CTYPE=", "SIDEKICK_")) for line in env_lines(ours))
 
 
+def test_the_images_preload_reaches_the_component_but_not_the_volumes_python(
+    tmp_path: Path, containers: Containers, service_sidekick: str
+) -> None:
+    """A library the foreign image preloads is built for its own C library: the bundled loader
+    must not load it into the volume's Python, and the component must still get it."""
+    bins = standin_bin(tmp_path, **{"kube-apiserver": "/usr/bin/env"})
+    preload = "/nonexistent/libpreload.so"
+    code, out, err = containers.run_once(
+        "kube-apiserver-preload", image=FOREIGN, env={"LD_PRELOAD": preload},
+        binds=[f"{bins}:/usr/local/bin:ro"], network="host", volumes_from=[service_sidekick],
+        entrypoint=["/opt/rke-tools/entrypoint.sh", "kube-apiserver"])
+    assert code == 0
+    assert f"LD_PRELOAD={preload}" in out.splitlines()
+    assert not any(line.startswith("SIDEKICK_") for line in out.splitlines())
+    # ld.so complains once per dynamically linked program started with the preload: only the
+    # component (env) was; the static launcher and the volume's Python were not.
+    assert err.count("cannot be preloaded") == 1, err
+
+
 def test_volume_needs_no_c_library_from_the_image(tmp_path: Path, containers: Containers,
                                                   service_sidekick: str) -> None:
     """An image with nothing in it at all still runs the volume's tools."""
