@@ -54,6 +54,14 @@ class KeyPair:
         return cert_path, key_path
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=True,
+        data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+        crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
 def _key(kind: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     if kind == "ec":
         return ec.generate_private_key(ec.SECP256R1())
@@ -75,14 +83,7 @@ class CertificateAuthority:
             .not_valid_before(now - _ONE_DAY)
             .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=True,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=True), critical=True)
             .sign(key, hashes.SHA256())
         )
         self.pair = KeyPair(cert, key)
@@ -120,14 +121,7 @@ class CertificateAuthority:
             .not_valid_before(not_before or now - _ONE_DAY)
             .not_valid_after(not_after or now + dt.timedelta(days=365))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=True,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
