@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.ports import free_port, port_open, wait_for
+from tests.harness.ports import free_port, port_open, stop_process, wait_for
 
 
 @dataclass
@@ -59,13 +59,4 @@ class NginxProxyProcess:
         return self.process.pid
 
     def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig=signal.SIGQUIT, timeout=15)  # nginx's graceful stop

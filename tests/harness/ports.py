@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -31,3 +33,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+    """Ask a server to stop with ``sig``; kill it if it has not exited within ``timeout``."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -18,7 +18,7 @@ import requests
 from botocore.config import Config
 
 from tests.harness.pki import CertificateAuthority
-from tests.harness.ports import free_port, wait_for
+from tests.harness.ports import free_port, stop_process, wait_for
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -94,10 +94,4 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
