@@ -54,6 +54,15 @@ class Response:
         except ValueError:
             raise MetadataError("answer is not JSON") from None
 
+    def json_object(self, service: str) -> dict[str, object]:
+        """The body of a 200 answer as a JSON object; anything else is ``service``'s error."""
+        if self.status != 200:
+            raise MetadataError(f"{service} answered {self.status}")
+        data = self.json()
+        if not isinstance(data, dict):
+            raise MetadataError(f"{service} sent a non-object answer")
+        return data
+
 
 def _https_connection(parts: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPSConnection:
     """A connection to ``parts``, through ``HTTPS_PROXY`` (CONNECT) unless ``NO_PROXY`` covers it.
@@ -172,12 +181,7 @@ class AzureMetadata:
             headers={"Metadata": "true"},
             timeout=deadline.timeout(self.request_timeout),
         )
-        if answer.status != 200:
-            raise MetadataError(f"Azure instance metadata answered {answer.status}")
-        data = answer.json()
-        if not isinstance(data, dict):
-            raise MetadataError("Azure instance metadata is not a JSON object")
-        return data
+        return answer.json_object("Azure instance metadata")
 
 
 class AzureArm:
@@ -227,12 +231,7 @@ class AzureArm:
             headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
             timeout=deadline.timeout(self.request_timeout),
         )
-        if answer.status != 200:
-            raise MetadataError(f"Azure Resource Manager answered {answer.status} for {urllib.parse.urlsplit(url).path}")
-        data = answer.json()
-        if not isinstance(data, dict):
-            raise MetadataError("Azure Resource Manager sent a non-object answer")
-        return data
+        return answer.json_object(f"Azure Resource Manager ({urllib.parse.urlsplit(url).path})")
 
     def list(self, path: str, *, api_version: str, deadline: Deadline) -> list[dict[str, object]]:
         """Every item of a collection, following ``nextLink`` on the same ARM endpoint."""
