@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import SIDEKICK, Row
+from tests.harness.env import clean_env
 from tests.harness.ports import free_port, port_open
 
 NAME = "bench_etcd_snapshot"
@@ -74,7 +75,7 @@ def _node(base: Path, ssl_dir: Path) -> Path:
 
 
 def _env(root: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env = clean_env()
     env.update(SIDEKICK_ROOT=str(root), SIDEKICK_SERVE_ADDRESS="127.0.0.1", SIDEKICK_SERVE_PORT=str(port))
     return env
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tests.harness.env import clean_env
 from tests.harness.ports import free_port, port_open
 
 if TYPE_CHECKING:  # demo.steps imports this module to list the steps
@@ -38,7 +39,7 @@ def _tool(ctx: Context) -> list[str]:
 
 
 def _env(root: Path, port: int | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env = clean_env()
     env["SIDEKICK_ROOT"] = str(root)
     if port is not None:  # serve on loopback, download dials the same port
         env.update(SIDEKICK_SERVE_ADDRESS="127.0.0.1", SIDEKICK_SERVE_PORT=str(port))

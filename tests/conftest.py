@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.env import clean_env
 from tests.harness.etcd import EtcdServer
 from tests.harness.pki import CertificateAuthority, RkeSsl
 from tests.harness.s3 import S3Server
@@ -80,7 +81,7 @@ def run_sidekick(
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed executable (or a link to it named ``argv0``) as RKE would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    full_env = clean_env()
     if root is not None:
         full_env["SIDEKICK_ROOT"] = str(root)
     full_env.update(env or {})

@@ -18,6 +18,7 @@ import pytest
 
 from sidekick.etcd.clusterstate import StateError, fetch_state, load_kubeconfig, render_state
 from tests.conftest import SIDEKICK
+from tests.harness.env import clean_env
 from tests.harness.etcd import EtcdServer
 from tests.harness.etcd_backup import Apiserver, node_root, rke_s3_env, rke_s3_flags, rke_save_argv
 from tests.harness.pki import CertificateAuthority, RkeSsl
@@ -48,7 +49,7 @@ def root(tmp_path: Path, etcd_ssl: RkeSsl) -> Path:
 
 
 def start_rolling(root: Path, endpoint: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    full_env = clean_env()
     full_env.update({"SIDEKICK_ROOT": str(root), "SIDEKICK_RETRY_WAIT": "0", **(env or {})})
     argv = rke_save_argv(endpoint, "etcd-rolling-snapshots", "--creation=1s", *extra)
     return subprocess.Popen([str(SIDEKICK), "rke-etcd-backup", *argv], env=full_env, stderr=subprocess.PIPE,

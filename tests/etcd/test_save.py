@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import last_line, run_sidekick
+from tests.harness.env import clean_env
 from tests.harness.etcd import ETCDCTL, EtcdServer
 from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags, rke_save_argv
 from tests.harness.pki import CertificateAuthority, RkeSsl
@@ -387,7 +388,7 @@ def test_sigterm_during_once_leaves_nothing_behind(tmp_path: Path, big_etcd: Etc
     import signal
 
     root = node_root(tmp_path, big_etcd.ssl)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env = clean_env()
     env["SIDEKICK_ROOT"] = str(root)
     from tests.conftest import SIDEKICK
 
@@ -412,7 +413,7 @@ def test_kill_9_mid_save_leaves_no_archive_and_the_next_run_cleans_up(tmp_path: 
     import signal
 
     root = node_root(tmp_path, big_etcd.ssl)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env = clean_env()
     env["SIDEKICK_ROOT"] = str(root)
     from tests.conftest import SIDEKICK
 

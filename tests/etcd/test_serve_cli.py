@@ -14,6 +14,7 @@ import pytest
 
 from sidekick.etcd.archive import write_archive
 from tests.conftest import SIDEKICK, last_line, run_sidekick
+from tests.harness.env import clean_env
 from tests.harness.etcd_backup import node_root
 from tests.harness.goarchive import write_go_archive
 from tests.harness.pki import RkeSsl
@@ -45,7 +46,7 @@ def md5(path: Path) -> str:
 
 class Serving:
     def __init__(self, root: Path, port: int, name: str = NAME) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+        env = clean_env()
         env.update(SIDEKICK_ROOT=str(root), SIDEKICK_SERVE_ADDRESS="127.0.0.1", SIDEKICK_SERVE_PORT=str(port))
         self.port = port
         self.started = time.monotonic()
@@ -209,7 +210,7 @@ def test_sigterm_while_downloading_leaves_no_temp_file(peer: Path, etcd_ssl: Rke
     thread = threading.Thread(target=stall, daemon=True)
     thread.start()
     (peer / "backup" / f".sidekick-tmp-{NAME}.0badf00d").write_bytes(b"left by a killed run")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+    env = clean_env()
     env.update(SIDEKICK_ROOT=str(peer), SIDEKICK_SERVE_PORT=str(listener.getsockname()[1]))
     process = subprocess.Popen([str(SIDEKICK), *download_argv("127.0.0.1")], env=env, stderr=subprocess.PIPE, text=True)
     try:

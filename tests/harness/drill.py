@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.harness.env import clean_env
 from tests.harness.etcd import ETCDCTL, EtcdServer
 from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags
 from tests.harness.netns import NamespaceError, Network, Node
@@ -117,7 +118,7 @@ class Machine:
         return self.node.address
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "ETCD_", "SIDEKICK_"))}
+        env = clean_env()
         env.update(SIDEKICK_ROOT=str(self.root), SIDEKICK_RETRY_WAIT="0.3", **(extra or {}))
         return env
 
