@@ -198,7 +198,8 @@ def deploy(env: Mapping[str, str], *, acl: Acl, now: dt.datetime | None = None) 
         os.chmod(directory, DIR_MODE)
     except OSError as err:
         raise SidekickError(f"cannot use certificate directory {directory}: {err.strerror}") from None
-    remove_leftovers(directory)
+    # cert-deployer alone writes these names: its own leftovers go at once.
+    remove_leftovers(directory, names=[i.filename for i in items if i.filename], min_age=0)
 
     for problem in check_bundle(items, env, now=now or dt.datetime.now(dt.UTC)):
         log.warning("certificate bundle: %s (deployed anyway)", problem)

@@ -58,7 +58,8 @@ def plan(source_dir: Path, target_dir: Path) -> list[Step]:
 
 def install(steps: list[Step], target_dir: Path) -> None:
     target_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    remove_leftovers(target_dir)
+    # This installer alone writes these names: its own leftovers go at once.
+    remove_leftovers(target_dir, names=[step.target.name for step in steps], min_age=0)
     for step in steps:
         if step.action == "in-place":
             log.info("plugin already installed", extra=kv(plugin=step.name, path=step.target))

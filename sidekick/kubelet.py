@@ -21,12 +21,11 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sidekick import paths
 from sidekick.entrypoint import ExecFn, flag_values
 from sidekick.host.docker import DockerEngine, DockerInfo
-from sidekick.host.files import atomic_write
+from sidekick.host.files import atomic_symlink, atomic_write
 from sidekick.host.kernel import Kernel, process_running
 from sidekick.host.mounts import Mount, Mounter
 from sidekick.host.proc import Runner
@@ -371,19 +370,9 @@ def _apply_one(action: Action, host: Host) -> None:
         case Sysctl(name, value):
             host.kernel.sysctl(name, value)
         case Symlink(target, link):
-            _replace_symlink(host_path(target), host_path(link))
+            atomic_symlink(host_path(target), host_path(link))
         case WriteSecret(path, data, mode):
             atomic_write(host_path(path), data, mode=mode)
-
-
-def _replace_symlink(target: Path, link: Path) -> None:
-    """``ln -sf`` done atomically: a new link under a temp name, renamed over the old one."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    temp = link.with_name(f".sidekick-tmp-{link.name}.{os.getpid()}")
-    if temp.is_symlink():
-        temp.unlink()
-    os.symlink(target, temp)
-    os.replace(temp, link)
 
 
 def describe(action: Action) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,35 @@ def test_atomic_write_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
 
 
 def test_leftovers_are_removed(tmp_path: Path) -> None:
-    (tmp_path / f"{files.TEMP_PREFIX}x.zip.1234").write_text("partial")
-    (tmp_path / "keep.zip").write_text("whole")
-    removed = files.remove_leftovers(tmp_path)
-    assert [p.name for p in removed] == [f"{files.TEMP_PREFIX}x.zip.1234"]
+    old = time.time() - files.LEFTOVER_AGE - 60
+    for name in (f"{files.TEMP_PREFIX}x.zip.1234", f"{files.TEMP_PREFIX}x.zip.5678",
+                 f"{files.TEMP_PREFIX}x.zip.9abc", f"{files.TEMP_PREFIX}x.y.0badf00d.part", "keep.zip"):
+        (tmp_path / name).write_text("partial")
+        os.utime(tmp_path / name, (old, old))
+    os.utime(tmp_path / f"{files.TEMP_PREFIX}x.zip.5678")  # another writer's, in flight
+    removed = files.remove_leftovers(tmp_path, names=["x.zip"])
+    assert sorted(p.name for p in removed) == [f"{files.TEMP_PREFIX}x.zip.1234", f"{files.TEMP_PREFIX}x.zip.9abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{files.TEMP_PREFIX}x.y.0badf00d.part", f"{files.TEMP_PREFIX}x.zip.5678", "keep.zip"]
+    # Any final name, no age rule: every temp name of ours goes, nothing else.
+    assert len(files.remove_leftovers(tmp_path, min_age=0)) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["keep.zip"]
+
+
+def test_atomic_output_exposes_its_temp_until_the_rename(tmp_path: Path) -> None:
+    target = tmp_path / "nginx.conf"
+    with files.atomic_output(target, mode=0o644) as pending:
+        pending.file.write(b"events {}")
+        pending.file.flush()
+        assert pending.temp.parent == tmp_path and pending.temp.read_bytes() == b"events {}"
+        assert files.leftover_of(pending.temp.name) == "nginx.conf"
+        assert not target.exists()
+    assert target.read_bytes() == b"events {}" and not pending.temp.exists()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_atomic_symlink_replaces_a_link(tmp_path: Path) -> None:
+    link = tmp_path / "d" / "os-release"
+    files.atomic_symlink(Path("/a"), link)
+    files.atomic_symlink(Path("/b"), link)
+    assert os.readlink(link) == "/b" and [p.name for p in link.parent.iterdir()] == ["os-release"]

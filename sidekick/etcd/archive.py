@@ -244,9 +244,9 @@ def write_archive(
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="deflate") as pool,
         ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher,
-        atomic_output(dest, mode=0o600) as out,
+        atomic_output(dest, mode=0o600) as pending,
     ):
-        writer = _HashingWriter(out)
+        writer = _HashingWriter(pending.file)
         results = []
         for name, path in entries:
             with open(path, "rb") as source:

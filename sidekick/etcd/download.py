@@ -221,8 +221,9 @@ class PeerDownload:
                      extra=kv(path=self.dest, size=known.size, sha256=known.sha256))
             return known
         progress = Progress(log, "download", peer=self.peer.netloc, name=self.peer.name)
-        with atomic_output(self.dest, mode=0o600) as out:
-            state = _State(out.fileno(), HashingWriter(out.fileno(), chunk=CHUNK, depth=DEPTH))
+        with atomic_output(self.dest, mode=0o600) as pending:
+            fd = pending.file.fileno()
+            state = _State(fd, HashingWriter(fd, chunk=CHUNK, depth=DEPTH))
             try:
                 self._attempts(state, progress)
                 digest = state.writer.finish()

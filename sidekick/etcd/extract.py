@@ -253,8 +253,8 @@ class Archive:
         check_free_space(dest.parent, info.file_size)
         expected = self.manifest.get(info.filename)
         progress = Progress(log, "extract", total=info.file_size, entry=info.filename)
-        with atomic_output(dest, mode=0o600) as out:
-            writer = HashingWriter(out.fileno(), chunk=CHUNK, crc32=True)
+        with atomic_output(dest, mode=0o600) as pending:
+            writer = HashingWriter(pending.file.fileno(), chunk=CHUNK, crc32=True)
             try:
                 for piece in self.chunks(info):
                     writer.submit_bytes(piece)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
 import os
 import posixpath
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidekick import log as sklog
 from sidekick.errors import SidekickError
+from sidekick.etcd.archive import file_sha256
 from sidekick.host.files import atomic_output
 from sidekick.log import kv
 
@@ -371,13 +371,14 @@ class S3Store:
         expected = metadata.get(ARCHIVE_SHA_META, "").lower()
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                 max_concurrency=CONCURRENCY, use_threads=True)
-        with atomic_output(dest, mode=0o600) as out:
+        with atomic_output(dest, mode=0o600) as pending:
             try:
-                self.client.download_fileobj(self.config.bucket, key, out, Config=config, Callback=on_bytes)
+                self.client.download_fileobj(self.config.bucket, key, pending.file, Config=config,
+                                             Callback=on_bytes)
             except Exception as err:
                 raise S3Error(f"failed to download {key}: {describe_error(err)}") from None
-            out.flush()
-            digest = _fd_sha256(out.fileno())
+            pending.file.flush()
+            digest = file_sha256(pending.temp)  # parts arrive out of order: hash once complete
             if expected and digest != expected:
                 raise S3Error(f"downloaded {key} does not match its archive-sha256 metadata "
                               f"(got {digest}, expected {expected})")
@@ -392,21 +393,6 @@ def _not_implemented(err: BaseException) -> bool:
     code = str(err.response.get("Error", {}).get("Code", ""))
     status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in {"NotImplemented", "501"} or status == 501
-
-
-def _fd_sha256(fd: int, chunk: int = 1 << 20) -> str:
-    # ``fd`` is atomic_output's write-only temp file: read it back through a second,
-    # read-only open of the same file (parts arrive out of order, so no streaming hash).
-    sha = hashlib.sha256()
-    offset = 0
-    reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while data := os.pread(reader, chunk, offset):
-            sha.update(data)
-            offset += len(data)
-    finally:
-        os.close(reader)
-    return sha.hexdigest()
 
 
 def stripped_ext(key: str) -> str:

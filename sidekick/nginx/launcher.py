@@ -20,17 +20,15 @@ A ``CP_HOSTS`` item may carry ``:port`` (default 6443); IPv6 may be bare or in b
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
 import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
 from sidekick.errors import SidekickError, UsageError
-from sidekick.host.files import TEMP_PREFIX, atomic_write, remove_leftovers
+from sidekick.host.files import atomic_output, remove_leftovers
 from sidekick.host.proc import Runner
 from sidekick.log import kv
 from sidekick.nginx.config import Settings, Upstream, parse_cp_hosts, render, settings_from_env
@@ -119,24 +117,15 @@ class NginxProxy:
         directory = self.conf_path.parent
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        remove_leftovers(directory)
-        candidate = directory / f"{TEMP_PREFIX}{self.conf_path.name}.check-{secrets.token_hex(4)}"
-        atomic_write(candidate, text, mode=0o644)
-        try:
-            result = self.runner.run([NGINX, "-t", "-q", "-c", str(candidate)], timeout=30, check=False)
+        remove_leftovers(directory, names=[self.conf_path.name])
+        with atomic_output(self.conf_path, mode=0o644) as pending:
+            pending.file.write(text.encode())
+            pending.file.flush()
+            result = self.runner.run([NGINX, "-t", "-q", "-c", str(pending.temp)], timeout=30, check=False)
             if result.returncode != 0:
                 raise SidekickError(
                     f"nginx rejected the rendered config ({nginx_complaint(result.stderr)}); "
                     f"{self.conf_path} left as it was")
-            os.replace(candidate, self.conf_path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                candidate.unlink()
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def exec(self) -> NoReturn:
         # -c always: the same path as nginx's default on a real node, the rendered file under a test root.

@@ -209,7 +209,9 @@ def test_sigterm_while_downloading_leaves_no_temp_file(peer: Path, etcd_ssl: Rke
 
     thread = threading.Thread(target=stall, daemon=True)
     thread.start()
-    (peer / "backup" / f".sidekick-tmp-{NAME}.0badf00d").write_bytes(b"left by a killed run")
+    stale = peer / "backup" / f".sidekick-tmp-{NAME}.0badf00d"
+    stale.write_bytes(b"left by a killed run")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     env = clean_env()
     env.update(SIDEKICK_ROOT=str(peer), SIDEKICK_SERVE_PORT=str(listener.getsockname()[1]))
     process = subprocess.Popen([str(SIDEKICK), *download_argv("127.0.0.1")], env=env, stderr=subprocess.PIPE, text=True)
