@@ -22,10 +22,12 @@ import click
 
 from sidekick import log as sklog
 from sidekick.cli import run_click
+from sidekick.etcd.layout import check_name_fits
 from sidekick.etcd.options import (
     DEFAULT_BACKUP_RETRIES,
     DEFAULT_S3_RETRIES,
     Options,
+    check_retries,
     parse_go_duration,
     retry_wait_from_env,
     validate_name,
@@ -200,6 +202,9 @@ def build_options(command: str, params: dict[str, Any]) -> Options:
         sklog.set_debug(True)
     if opts.name:
         validate_name(opts.name)
+        check_name_fits(opts.name)
+    check_retries("--backup-retries", opts.backup_retries)
+    check_retries("--s3-retries", opts.s3_retries)
     return opts
 
 
@@ -227,9 +232,9 @@ _command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES], "sidekick.etcd.save:ru
          "Take a snapshot (once or rolling) and back it up to S3 compatible storage.")
 _command("delete", [NAME, S3_BACKUP_NOENV, CLEANUP, *S3_COMMON], "sidekick.etcd.delete:run_delete",
          "Delete a snapshot locally and from S3 compatible storage.")
-_command("download", COMMON, "sidekick.etcd.download:run_download",
+_command("download", COMMON, "sidekick.etcd.restore:run_download",
          "Download a snapshot from S3 compatible storage or from a peer.")
-_command("extractstatefile", SNAPSHOT, "sidekick.etcd.extract:run_extractstatefile",
+_command("extractstatefile", SNAPSHOT, "sidekick.etcd.restore:run_extractstatefile",
          "Extract the cluster state file from a snapshot archive.")
 _command("serve", [NAME, CACERT, CERT, KEY], "sidekick.etcd.serve:run_serve",
          "Serve the local snapshot over mutual TLS on port 2379.")

@@ -2,7 +2,7 @@
 
 The original shelled out to kubectl with ``/etc/kubernetes/ssl/kubecfg-kube-node.yaml`` (5
 tries, 15 s apart, so a missing kubectl delayed every tick by a minute, CONTRACT 12). Here one
-HTTPS GET with the kubeconfig's client certificate and CA, a short timeout and few retries;
+HTTPS GET with the kubeconfig's client certificate and CA, within the state budget;
 the secret's ``data.full-cluster-state`` (base64 JSON) becomes
 ``/etc/kubernetes/<name>.rkestate``, indented by 2 spaces as the Go tool's ``json.Indent``.
 Clusters from before the move to a secret keep the state in a ConfigMap of the same name
@@ -27,9 +27,12 @@ from typing import Any
 import requests
 import yaml
 
+from sidekick.deadline import Deadline, DeadlineExceeded
 from sidekick.errors import SidekickError
-from sidekick.etcd.retry import Backoff, StopFlag
+from sidekick.etcd import layout
+from sidekick.etcd.budgets import Budgets
 from sidekick.host.files import atomic_write
+from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
 
@@ -139,14 +142,14 @@ def _extract(body: dict[str, Any], *, encoded: bool) -> str:
     return str(value)
 
 
-def fetch_state(kubeconfig: Path) -> str:
+def fetch_state(kubeconfig: Path, *, timeout: tuple[float, float] = TIMEOUT) -> str:
     """The cluster state JSON text (secret first, ConfigMap on 404)."""
     cfg = load_kubeconfig(kubeconfig)
     with _materialized(cfg) as (verify, cert), requests.Session() as session:
         session.trust_env = False  # REQUESTS_CA_BUNDLE/proxies must not override the kubeconfig
         for path, encoded in ((SECRET_PATH, True), (CONFIGMAP_PATH, False)):
             try:
-                response = session.get(cfg.server + path, verify=verify, cert=cert, timeout=TIMEOUT,
+                response = session.get(cfg.server + path, verify=verify, cert=cert, timeout=timeout,
                                        headers={"Accept": "application/json"})
             except requests.RequestException as err:
                 raise StateError(f"cannot reach the apiserver {cfg.server}: {type(err).__name__}") from None
@@ -173,26 +176,27 @@ def render_state(text: str) -> bytes:
     return json.dumps(parsed, indent=2, ensure_ascii=False).encode("utf-8")
 
 
-def write_statefile(name: str, *, attempts: int = 3, backoff: Backoff | None = None,
-                    stop: StopFlag | None = None) -> Path:
-    """Fetch the state and write ``/etc/kubernetes/<name>.rkestate`` (mode 0600, atomic)."""
+def write_statefile(name: str, *, budgets: Budgets, stop: StopRequest) -> Path:
+    """Fetch the state and write ``/etc/kubernetes/<name>.rkestate`` (mode 0600, atomic).
+
+    At most :data:`~sidekick.etcd.budgets.STATE_ATTEMPTS` fetches of two requests each (the
+    secret, then the ConfigMap on 404), within the state budget.
+    """
     kubeconfig = host_path(KUBECONFIG)
     if not kubeconfig.is_file():
         raise StateError(f"no {KUBECONFIG} on this node")
-    backoff = backoff or Backoff(first=1.0, cap=5.0)
-    stop = stop or StopFlag()
-    delays = list(backoff.delays(max(0, attempts - 1)))
-    last: StateError | None = None
-    for attempt in range(attempts):
-        if attempt and stop.wait(delays[attempt - 1]):
-            break
-        try:
-            text = fetch_state(kubeconfig)
-            dest = host_path(f"/etc/kubernetes/{name}.rkestate")
-            atomic_write(dest, render_state(text), mode=0o600)
-            log.info("wrote cluster state file", extra=kv(path=f"/etc/kubernetes/{name}.rkestate"))
-            return dest
-        except StateError as err:
-            last = err
-            log.warning("cannot get the cluster state", extra=kv(attempt=attempt + 1, error=str(err)))
-    raise last or StateError("stopped before the cluster state was fetched")
+
+    def attempt(deadline: Deadline) -> Path:
+        text = fetch_state(kubeconfig, timeout=(min(deadline.remaining(), 10.0), deadline.remaining()))
+        dest = layout.state_path(name)
+        atomic_write(dest, render_state(text), mode=0o600)
+        log.info("wrote cluster state file", extra=kv(path=layout.state_entry(name)))
+        return dest
+
+    try:
+        return budgets.state().run(attempt, what="cluster state fetch", stop=stop,
+                                   retryable=lambda err: isinstance(err, StateError | DeadlineExceeded),
+                                   on_retry=lambda n, err, wait: log.warning(
+                                       "cannot get the cluster state", extra=kv(attempt=n, error=str(err))))
+    except DeadlineExceeded as err:
+        raise StateError(str(err)) from None

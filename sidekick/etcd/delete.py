@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 
 from sidekick.errors import SidekickError, UsageError
+from sidekick.etcd import layout
+from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.options import Options
 from sidekick.etcd.retention import s3_snapshot_keys
 from sidekick.etcd.s3 import S3Config, S3Error, S3Store
+from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
 
@@ -40,7 +43,7 @@ def run_delete(opts: Options, *, store: S3Store | None = None) -> int:
     name = opts.name
     if not name:
         raise UsageError("snapshot name is required")
-    compressed, uncompressed = f"/backup/{name}.zip", f"/backup/{name}"
+    compressed, uncompressed = layout.archive_entry(name), layout.snapshot_entry(name)
     if opts.cleanup:
         if host_path(compressed).is_file():
             _remove(uncompressed)
@@ -55,7 +58,8 @@ def run_delete(opts: Options, *, store: S3Store | None = None) -> int:
 
     own = store is None
     try:
-        store = store or S3Store(S3Config.from_options(opts))
+        store = store or S3Store(S3Config.from_options(opts), budgets=Budgets.from_options(opts),
+                                 stop=StopRequest())
         try:
             store.check_bucket()
             prefix = store.config.key(name)

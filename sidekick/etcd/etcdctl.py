@@ -1,7 +1,7 @@
 """etcdctl (v3 API) through the host's process runner: health, snapshot save, snapshot check.
 
 The argv is the original's: ``etcdctl --endpoints=<as given> --cacert=... --cert=... --key=...``
-with ``ETCDCTL_API=3`` in the environment.
+with ``ETCDCTL_API=3`` in the environment, and without the S3 and cloud credentials of ours.
 """
 
 from __future__ import annotations
@@ -12,21 +12,30 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError
+from sidekick.etcd.budgets import (
+    HEALTH_TIMEOUT,
+    SNAPSHOT_STALL,
+    SNAPSHOT_TIMEOUT,
+    STATUS_TIMEOUT,
+    Budgets,
+)
 from sidekick.etcd.progress import Progress
+from sidekick.host.guard import Guard
 from sidekick.host.proc import Runner
+from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
 ETCDCTL = "etcdctl"
-HEALTH_TIMEOUT = 60.0
-SNAPSHOT_TIMEOUT = 3600.0
-STATUS_TIMEOUT = 600.0
+# Environment variables a child process never needs: S3 and cloud credentials.
+_PRIVATE_PREFIXES = ("S3_", "AWS_")
 _HASH_SIZE = 32  # etcd appends the sha256 of the db to a snapshot (size % 512 == 32)
 
 
@@ -46,6 +55,7 @@ class Etcdctl:
     cacert: str
     cert: str
     key: str
+    budgets: Budgets = field(default_factory=Budgets)
     binary: str = ETCDCTL
 
     def _argv(self, *args: str) -> list[str]:
@@ -60,12 +70,13 @@ class Etcdctl:
 
     @staticmethod
     def _env() -> dict[str, str]:
-        return {**os.environ, "ETCDCTL_API": "3"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
+        return {**env, "ETCDCTL_API": "3"}
 
     def health(self) -> None:
         """Raise EtcdError unless the endpoint reports healthy."""
         try:
-            result = self.runner.run(self._argv("endpoint", "health"), timeout=HEALTH_TIMEOUT,
+            result = self.runner.run(self._argv("endpoint", "health"), timeout=self.budgets.seconds(HEALTH_TIMEOUT),
                                      env=self._env(), check=False)
         except SidekickError as err:
             raise EtcdError(f"etcd health check failed: {err}") from None
@@ -73,28 +84,36 @@ class Etcdctl:
         if result.returncode != 0 or "unhealthy" in output:
             raise EtcdError(f"etcd is not healthy: {_last_line(output) or f'exit {result.returncode}'}")
 
-    def snapshot_save(self, dest: Path, *, progress: Progress | None = None) -> None:
+    def snapshot_save(self, dest: Path, *, stop: StopRequest, progress: Progress | None = None) -> None:
         """``etcdctl snapshot save dest``; etcdctl itself writes ``dest.part`` then renames.
 
-        etcdctl runs in this thread, so an interrupt (SIGTERM in one-shot mode) kills it
-        through ``subprocess.run``; a watcher thread turns the file's growth into progress.
+        A watcher thread turns the file's growth into progress and into a moving deadline:
+        etcdctl is killed when :data:`SNAPSHOT_STALL` seconds pass without a new byte (or on
+        a stop request), whatever the database's size.
         """
         done = threading.Event()
         part = dest.with_name(dest.name + ".part")
+        stall = self.budgets.seconds(SNAPSHOT_STALL)
+        deadline = Deadline(stall, what="etcd snapshot (no new byte)")
         seen = [0]
 
         def watch() -> None:
             while not done.wait(0.5):
                 size = _size(part) or _size(dest)
-                if progress is not None and size > seen[0]:
-                    progress.add(size - seen[0])
+                if size > seen[0]:
+                    deadline.restart()
+                    if progress is not None:
+                        progress.add(size - seen[0])
                     seen[0] = size
 
         watcher = threading.Thread(target=watch, name="etcdctl-progress", daemon=True)
         watcher.start()
         try:
-            result = self.runner.run(self._argv("snapshot", "save", str(dest)), timeout=SNAPSHOT_TIMEOUT,
-                                     env=self._env(), check=False)
+            with Guard(deadline, stop):
+                result = self.runner.run(self._argv("snapshot", "save", str(dest)),
+                                         timeout=self.budgets.seconds(SNAPSHOT_TIMEOUT), env=self._env(), check=False)
+        except (Stopped, DeadlineExceeded):
+            raise
         except SidekickError as err:
             raise EtcdError(f"etcd snapshot failed: {err}") from None
         finally:
@@ -109,7 +128,7 @@ class Etcdctl:
 
     def snapshot_status(self, path: Path) -> dict[str, object]:
         result = self.runner.run([self.binary, "snapshot", "status", str(path), "-w", "json"],
-                                 timeout=STATUS_TIMEOUT, env=self._env(), check=False)
+                                 timeout=self.budgets.seconds(STATUS_TIMEOUT), env=self._env(), check=False)
         if result.returncode != 0:
             text = (result.stderr + result.stdout).decode(errors="replace")
             raise EtcdError(f"snapshot check failed: {_last_line(text) or f'exit {result.returncode}'}")

@@ -1,4 +1,4 @@
-"""Reading snapshot archives safely, and ``etcd-backup extractstatefile`` (CONTRACT 3.3, 3.11).
+"""Reading snapshot archives safely: the snapshot for serve and restore, the state file (3.3, 3.11).
 
 An archive is ``/backup/<name>.zip`` whose entries have ABSOLUTE names: ``/backup/<name>``
 (the etcd database) and optionally ``/etc/kubernetes/<name>.rkestate`` (the cluster state).
@@ -25,39 +25,35 @@ other threads (:mod:`sidekick.etcd.stream`); memory stays a few chunks.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
 import posixpath
-import signal
 import struct
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import BinaryIO, NoReturn, cast
+from types import TracebackType
+from typing import BinaryIO, cast
 
 from isal import isal_zlib
 
-from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import verified
+from sidekick.deadline import Stopped
+from sidekick.errors import SidekickError
+from sidekick.etcd import layout, verified
 from sidekick.etcd.archive import read_manifest
-from sidekick.etcd.options import Options
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.stream import HashingWriter
 from sidekick.etcd.verified import Digest
-from sidekick.host.files import TEMP_PREFIX, atomic_output, atomic_write
+from sidekick.host.files import atomic_output, atomic_write, remove_leftovers
+from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_DIR = "/backup"
-STATE_DIR = "/etc/kubernetes"
-STATE_OUTPUT = "/tmp/cluster.rkestate"
 MAX_SNAPSHOT_BYTES = 64 << 30  # etcd's own hard quota is 8 GiB; beyond 64 GiB a size is a lie
 MAX_STATE_BYTES = 64 << 20  # a cluster.rkestate is a few hundred KiB of JSON
 MAX_RATIO = 1100  # deflate cannot exceed about 1032:1; a larger declared ratio is a bomb
@@ -73,18 +69,6 @@ _INFLATE_ERROR = cast(type[Exception], isal_zlib.IsalError)
 
 class ArchiveError(SidekickError):
     """The archive is unusable (corrupt, hostile, truncated): say which and why."""
-
-
-def snapshot_entry(name: str) -> str:
-    return f"{SNAPSHOT_DIR}/{name}"
-
-
-def state_entry(name: str) -> str:
-    return f"{STATE_DIR}/{name}.rkestate"
-
-
-def archive_path(name: str) -> Path:
-    return host_path(f"{SNAPSHOT_DIR}/{name}.zip")
 
 
 def destination(entry_name: str, directory: str) -> Path:
@@ -119,21 +103,16 @@ def check_declared(info: zipfile.ZipInfo, *, limit: int, archive: Path) -> None:
         )
 
 
-def stop_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
-    """SIGTERM (``docker stop``) handler for one-shot work: unwind, so temp files are removed,
-    and say so in the last line."""
-    raise SidekickError(
-        f"stopped by {signal.Signals(signum).name} before finishing; nothing was replaced", exit_code=128 + signum
-    )
-
-
-def clear_stale_temps(dest: Path) -> None:
-    """Remove temp files a killed earlier writer of ``dest`` left (``docker rm -f`` gives no
-    chance to clean up; RKE reruns the download container on failure)."""
-    for stale in dest.parent.glob(f"{TEMP_PREFIX}{glob.escape(dest.name)}.*"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-            log.info("removed a leftover of an interrupted run", extra=kv(path=stale))
+@contextlib.contextmanager
+def stoppable() -> Iterator[StopRequest]:
+    """SIGTERM (``docker stop``) during restore-side work: the step ends, its temp files go,
+    nothing is replaced, and the last line says so."""
+    with stop_on_signals() as stop:
+        try:
+            yield stop
+        except Stopped:
+            raise SidekickError(f"stopped by {stop.signal_name or 'a stop request'} before finishing; "
+                                "nothing was replaced", exit_code=143) from None
 
 
 def check_free_space(directory: Path, needed: int) -> None:
@@ -246,10 +225,11 @@ class Archive:
         if expected_sha256 and digest.sha256 != expected_sha256.lower():
             raise ArchiveError(f"{where}: SHA-256 {digest.sha256} does not match the manifest's {expected_sha256}")
 
-    def extract(self, info: zipfile.ZipInfo, dest: Path, *, limit: int | None = None) -> Digest:
+    def extract(self, info: zipfile.ZipInfo, dest: Path, *, stop: StopRequest, limit: int | None = None) -> Digest:
         """Write the entry to ``dest`` (0600) only once it is complete and verified."""
         check_declared(info, limit=MAX_SNAPSHOT_BYTES if limit is None else limit, archive=self.path)
-        clear_stale_temps(dest)
+        for stale in remove_leftovers(dest.parent, names=[dest.name]):
+            log.info("removed a leftover of an interrupted run", extra=kv(path=stale))
         check_free_space(dest.parent, info.file_size)
         expected = self.manifest.get(info.filename)
         progress = Progress(log, "extract", total=info.file_size, entry=info.filename)
@@ -257,6 +237,8 @@ class Archive:
             writer = HashingWriter(pending.file.fileno(), chunk=CHUNK, crc32=True)
             try:
                 for piece in self.chunks(info):
+                    if stop.is_set():
+                        raise Stopped("extraction interrupted")
                     writer.submit_bytes(piece)
                     progress.add(len(piece))
             except BaseException:
@@ -301,70 +283,57 @@ class SnapshotFile:
     origin: str  # "extracted", "already verified", "uncompressed file"
 
 
-def ensure_snapshot(name: str) -> SnapshotFile:
+def ensure_snapshot(name: str, *, stop: StopRequest) -> SnapshotFile:
     """Make ``/backup/<name>`` exist and match ``/backup/<name>.zip`` when there is one.
 
     A file already verified against the same archive entry is kept as it is (this is what
     lets ``serve`` listen within a second on a second start).
     """
-    dest = destination(snapshot_entry(name), SNAPSHOT_DIR)
-    zip_path = archive_path(name)
+    dest = destination(layout.snapshot_entry(name), layout.BACKUP_DIR)
+    zip_path = layout.archive_path(name)
     if zip_path.exists():
-        return extract_snapshot(name, zip_path)
+        return extract_snapshot(name, zip_path, stop=stop)
     if dest.is_file():
         return SnapshotFile(dest, verified.recall(dest), "uncompressed file")
     raise SidekickError(
-        f"snapshot {name} not found: neither {SNAPSHOT_DIR}/{name}.zip nor {SNAPSHOT_DIR}/{name} exists"
+        f"snapshot {name} not found: neither {layout.archive_entry(name)} nor {layout.snapshot_entry(name)} exists"
     )
 
 
-def extract_snapshot(name: str, zip_path: Path) -> SnapshotFile:
+def extract_snapshot(name: str, zip_path: Path, *, stop: StopRequest) -> SnapshotFile:
     """``/backup/<name>`` from ``zip_path``, unless the file there is already verified as it."""
-    dest = destination(snapshot_entry(name), SNAPSHOT_DIR)
+    dest = destination(layout.snapshot_entry(name), layout.BACKUP_DIR)
     with Archive(zip_path) as archive:
-        info = archive.require(snapshot_entry(name))
+        info = archive.require(layout.snapshot_entry(name))
         known = verified.recall(dest)
         if known is not None and matches(known, info, archive.manifest.get(info.filename)):
             log.info("snapshot already extracted and verified", extra=kv(path=dest, size=known.size, sha256=known.sha256))
             return SnapshotFile(dest, known, "already verified")
-        return SnapshotFile(dest, archive.extract(info, dest), "extracted")
+        return SnapshotFile(dest, archive.extract(info, dest, stop=stop), "extracted")
 
 
 def extract_state_file(name: str) -> Path:
     """Write the archive's ``/etc/kubernetes/<name>.rkestate`` to ``/tmp/cluster.rkestate``."""
-    zip_path = archive_path(name)
+    zip_path = layout.archive_path(name)
+    archive_name, entry = layout.archive_entry(name), layout.state_entry(name)
     if not zip_path.exists():
-        raise SidekickError(f"snapshot archive {SNAPSHOT_DIR}/{name}.zip not found")
-    destination(state_entry(name), STATE_DIR)  # the entry name itself must be sane
+        raise SidekickError(f"snapshot archive {archive_name} not found")
+    destination(entry, layout.STATE_DIR)  # the entry name itself must be sane
     with Archive(zip_path) as archive:
-        info = archive.entry(state_entry(name))
+        info = archive.entry(entry)
         if info is None:
             raise SidekickError(
-                f"snapshot archive {SNAPSHOT_DIR}/{name}.zip has no state file {state_entry(name)} "
+                f"snapshot archive {archive_name} has no state file {entry} "
                 "(snapshots taken without a cluster state file cannot restore it)"
             )
         data = archive.read(info, limit=MAX_STATE_BYTES)
     try:
         json.loads(data)
     except ValueError as err:
-        raise SidekickError(f"state file {state_entry(name)} in {SNAPSHOT_DIR}/{name}.zip is not JSON: {err}") from None
-    out = host_path(STATE_OUTPUT)
+        raise SidekickError(f"state file {entry} in {archive_name} is not JSON: {err}") from None
+    out = layout.state_output()
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, data, mode=0o600)  # it holds every private key of the cluster
-    log.info("state file extracted", extra=kv(archive=zip_path, entry=info.filename, path=STATE_OUTPUT, size=len(data)))
+    log.info("state file extracted", extra=kv(archive=zip_path, entry=info.filename, path=layout.STATE_OUTPUT,
+                                              size=len(data)))
     return out
-
-
-def run_extractstatefile(opts: Options) -> int:
-    """``etcd-backup extractstatefile --name N [S3 flags]``: exit 0 only when the file is written."""
-    if not opts.name:
-        raise UsageError("--name is required: the snapshot whose state file to extract")
-    with contextlib.suppress(FileNotFoundError):
-        host_path(STATE_OUTPUT).unlink()  # a stale file from an earlier run must not be copied out
-    signal.signal(signal.SIGTERM, stop_on_signal)
-    if opts.s3_backup:
-        from sidekick.etcd.download import fetch_from_s3
-
-        fetch_from_s3(opts, extract=False)
-    extract_state_file(opts.name)
-    return 0

@@ -18,11 +18,18 @@ import re
 from dataclasses import dataclass, field
 
 from sidekick.errors import UsageError
+from sidekick.etcd.layout import ARCHIVE_SUFFIX
 
 RETRY_WAIT_ENV = "SIDEKICK_RETRY_WAIT"
+SERVE_ADDRESS_ENV = "SIDEKICK_SERVE_ADDRESS"
+SERVE_PORT_ENV = "SIDEKICK_SERVE_PORT"
+DEFAULT_SERVE_ADDRESS = "0.0.0.0"
+DEFAULT_SERVE_PORT = 2379
 DEFAULT_RETRY_WAIT = 15.0  # seconds between etcd snapshot attempts, as the original
 DEFAULT_BACKUP_RETRIES = 4
 DEFAULT_S3_RETRIES = 3
+MAX_RETRIES = 100
+MAX_RETRY_WAIT = 300.0
 
 
 @dataclass
@@ -84,13 +91,33 @@ def retry_wait_from_env() -> float:
         value = float(text)
     except ValueError:
         raise UsageError(f"{RETRY_WAIT_ENV}={text!r} is not a number of seconds") from None
-    if value < 0:
-        raise UsageError(f"{RETRY_WAIT_ENV} must not be negative")
+    if not 0 <= value <= MAX_RETRY_WAIT:
+        raise UsageError(f"{RETRY_WAIT_ENV} must be between 0 and {MAX_RETRY_WAIT:g} seconds (got {text})")
+    return value
+
+
+def serve_port() -> int:
+    """The peer port of ``serve`` and ``download`` (2379, where etcd listens while it runs)."""
+    text = os.environ.get(SERVE_PORT_ENV, "").strip()
+    if not text:
+        return DEFAULT_SERVE_PORT
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"{SERVE_PORT_ENV}={text!r} is not a TCP port")
+    return int(text)
+
+
+def serve_address() -> str:
+    return os.environ.get(SERVE_ADDRESS_ENV, "").strip() or DEFAULT_SERVE_ADDRESS
+
+
+def check_retries(flag: str, value: int) -> int:
+    """Retry counts beyond :data:`MAX_RETRIES` are typos, and would outlast every budget."""
+    if value > MAX_RETRIES:
+        raise UsageError(f"{flag}={value} is more than {MAX_RETRIES} retries")
     return value
 
 
 # --- snapshot names -------------------------------------------------------------------
-ARCHIVE_SUFFIX = ".zip"
 
 
 def validate_name(name: str) -> str:

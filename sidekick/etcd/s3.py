@@ -6,15 +6,16 @@ when they decode, the instance's IAM role when no keys are given (default endpoi
 ``s3.amazonaws.com``), ``--s3-endpoint-ca`` as base64 PEM or a file path, virtual-host
 addressing for ``aliyun`` endpoints, a missing bucket is ``bucket <name> is not found``.
 
-Better than the original: every call has connect/read timeouts; listings are paginated;
-deletes go 1,000 keys per DeleteObjects call; uploads are multipart from the file with parallel
-parts and aborted on failure (s3transfer registers the abort when it creates the upload);
+Every call is a step of one retry policy with a total deadline (:class:`S3Store`,
+:mod:`sidekick.etcd.budgets`), so a server that accepts and never answers, or answers one
+byte at a time, costs a bounded time and a bounded number of requests. Listings are
+paginated; deletes go 1,000 keys per DeleteObjects call; uploads are multipart from the file
+with parallel parts, and an upload a deadline or a stop cut short is aborted by its UploadId;
 downloads go to a temp name and are checked against the ``archive-sha256`` metadata written
 at upload. Memory bound of a transfer: parts are read from the file while they are sent
 (s3transfer's ``ReadFileChunk``), never held whole, so an upload costs about
 ``CONCURRENCY`` threads * their 1 MiB read buffers plus the IO queue of a download
-(``max_io_queue * io_chunksize`` = 100 * 256 KiB), whatever the archive size; the bench
-measures the whole ``save --once`` with upload below 100 MiB RSS.
+(``max_io_queue * io_chunksize`` = 100 * 256 KiB), whatever the archive size.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ import os
 import posixpath
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidekick import log as sklog
+from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError
 from sidekick.etcd.archive import file_sha256
+from sidekick.etcd.budgets import S3_CONNECT, S3_REQUEST, S3_TRANSFER, Budgets
 from sidekick.host.files import atomic_output
+from sidekick.host.guard import Guard
+from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 
 if TYPE_CHECKING:
@@ -51,14 +56,46 @@ CONTENT_TYPE = "application/zip"
 SNAPSHOT_SHA_META = "snapshot-sha256"
 ARCHIVE_SHA_META = "archive-sha256"
 DELETE_BATCH = 1000
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 60.0
 PART_SIZE = 16 << 20
 CONCURRENCY = 4
+DEFAULT_RETRIES = 3  # as --s3-retries
+ABORT_BUDGET = 5.0
+T = TypeVar("T")
 
 
 class S3Error(SidekickError):
-    """Any S3 failure; the message is the cause in one line."""
+    """Any S3 failure; the message is the cause in one line. ``transient``: another attempt
+    may succeed (no answer, 5xx, throttling); ``missing``: the object or bucket is absent."""
+
+    def __init__(self, message: str, *, transient: bool = False, missing: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.missing = missing
+
+
+def _retryable(err: Exception) -> bool:
+    return isinstance(err, DeadlineExceeded) or (isinstance(err, S3Error) and err.transient)
+
+
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+                    "Throttling", "ThrottlingException", "RequestLimitExceeded"}
+
+
+def _error(context: str, err: BaseException) -> S3Error:
+    """An :class:`S3Error` for a botocore failure, classified for the retry policy."""
+    from botocore import exceptions as bex
+
+    text = f"{context}: {describe_error(err)}" if context else describe_error(err)
+    if isinstance(err, bex.ClientError):
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        return S3Error(text, transient=status >= 500 or status == 429 or code in _TRANSIENT_CODES,
+                       missing=status == 404 or code in {"404", "NoSuchKey", "NotFound"})
+    if isinstance(err, bex.SSLError | bex.NoCredentialsError | bex.ParamValidationError):
+        return S3Error(text)
+    if isinstance(err, bex.BotoCoreError | OSError):
+        return S3Error(text, transient=True)  # no answer, reset, timeout, truncated body
+    return S3Error(text)
 
 
 def decode_maybe_base64(value: str) -> str:
@@ -174,14 +211,29 @@ class ObjectInfo:
 
 
 class S3Store:
-    """One bucket (and folder) on one endpoint. ``close()`` removes the CA temp file."""
+    """One bucket (and folder) on one endpoint, every call bounded by one retry policy.
 
-    def __init__(self, config: S3Config, *, client: S3Client | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT) -> None:
+    Each public method is one step of :class:`sidekick.retry.Policy`: at most ``attempts``
+    attempts of one request each (a listing: of one page each; a transfer: of one PUT/GET,
+    or of the CreateMultipartUpload, parts and Complete of a multipart upload), within the
+    store's ``phase`` deadline. botocore and s3transfer do not retry under it
+    (``total_max_attempts=1``, ``num_download_attempts=1``). So a download makes at most
+    ``attempts`` HeadObject and ``attempts * ceil(size / PART_SIZE)`` GetObject requests, and
+    a bucket check at most ``attempts`` HeadBucket requests. ``close()`` removes the CA file.
+    """
+
+    def __init__(self, config: S3Config, *, budgets: Budgets | None = None, retries: int = DEFAULT_RETRIES,
+                 stop: StopRequest | None = None, phase: Deadline | None = None,
+                 client: S3Client | None = None) -> None:
         self.config = config
+        self.budgets = budgets or Budgets()
+        self.policy = self.budgets.s3(retries)
+        self.stop = stop or StopRequest()
+        self.phase = phase or Deadline(self.policy.budget, what="S3")
         self._ca_file: str | None = None
+        self._uploads: dict[str, str] = {}  # multipart uploads in flight: UploadId -> key
         try:
-            self.client: S3Client = client or self._make_client(connect_timeout, read_timeout)
+            self.client: S3Client = client or self._make_client()
         except S3Error:
             self.close()
             raise
@@ -189,8 +241,12 @@ class S3Store:
             self.close()
             raise S3Error(f"cannot set up the S3 client for {config.endpoint or DEFAULT_ENDPOINT}: "
                           f"{describe_error(err)}") from None
+        events = self.client.meta.events
+        events.register("after-call.s3.CreateMultipartUpload", self._upload_created)
+        events.register("after-call.s3.CompleteMultipartUpload", self._upload_ended)
+        events.register("after-call.s3.AbortMultipartUpload", self._upload_ended)
 
-    def _make_client(self, connect_timeout: float, read_timeout: float) -> S3Client:
+    def _make_client(self) -> S3Client:
         import boto3
         from botocore.config import Config
 
@@ -207,6 +263,7 @@ class S3Store:
             kwargs = {"aws_access_key_id": cfg.access_key, "aws_secret_access_key": cfg.secret_key}
         else:
             log.info("no S3 keys given: using the instance's IAM role")
+        request = self.budgets.seconds(S3_REQUEST)
         session = boto3.session.Session()
         return session.client(
             "s3",
@@ -214,9 +271,9 @@ class S3Store:
             region_name=cfg.region or DEFAULT_REGION,
             verify=verify,
             config=Config(
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=min(self.budgets.seconds(S3_CONNECT), request),
+                read_timeout=request,
+                retries={"total_max_attempts": 1, "mode": "standard"},  # the store's policy retries
                 s3={"addressing_style": addressing_style(cfg.endpoint)},  # type: ignore[arg-type]
                 max_pool_connections=CONCURRENCY + 4,
                 # Newer botocore adds CRC headers to every request; many S3-compatible
@@ -243,6 +300,20 @@ class S3Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _step(self, what: str, call: Callable[[Deadline], T]) -> T:
+        """Run ``call`` under the store's policy; any failure becomes one :class:`S3Error`."""
+        try:
+            return self.policy.run(call, what=what, stop=self.stop, retryable=_retryable, budget=self.phase,
+                                   on_retry=lambda n, err, wait: log.warning(
+                                       f"{what} failed: {err}, retried {n - 1} times",
+                                       extra=kv(retry_in=f"{wait:.1f}s")))
+        except Stopped:
+            raise
+        except S3Error:
+            raise
+        except SidekickError as err:  # DeadlineExceeded
+            raise S3Error(str(err), transient=True) from None
+
     # --- bucket -------------------------------------------------------------------------
     def check_bucket(self) -> None:
         from botocore.exceptions import ClientError
@@ -250,66 +321,130 @@ class S3Store:
         bucket = self.config.bucket
         if not bucket:
             raise S3Error("no S3 bucket given (--s3-bucketName)")
-        try:
-            self.client.head_bucket(Bucket=bucket)
-        except ClientError as err:
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if status == 404 or code in {"404", "NoSuchBucket"}:
-                raise S3Error(f"bucket {bucket} is not found") from None
-            if status == 403:
-                raise S3Error(f"access to bucket {bucket} denied (check the S3 keys): {describe_error(err)}") from None
-            raise S3Error(f"failed to check s3 bucket {bucket}: {describe_error(err)}") from None
-        except Exception as err:
-            raise S3Error(f"failed to check s3 bucket {bucket}: {describe_error(err)}") from None
+
+        def head(_deadline: Deadline) -> None:
+            try:
+                self.client.head_bucket(Bucket=bucket)
+            except ClientError as err:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = str(err.response.get("Error", {}).get("Code", ""))
+                if status == 404 or code in {"404", "NoSuchBucket"}:
+                    raise S3Error(f"bucket {bucket} is not found") from None
+                if status == 403:
+                    raise S3Error(f"access to bucket {bucket} denied (check the S3 keys): "
+                                  f"{describe_error(err)}") from None
+                raise _error(f"failed to check s3 bucket {bucket}", err) from None
+            except Exception as err:
+                raise _error(f"failed to check s3 bucket {bucket}", err) from None
+
+        self._step(f"S3 HeadBucket {bucket}", head)
 
     def versioning_enabled(self) -> bool:
+        def get(_deadline: Deadline) -> bool:
+            try:
+                status = self.client.get_bucket_versioning(Bucket=self.config.bucket).get("Status")
+            except Exception as err:
+                raise _error("cannot read bucket versioning", err) from None
+            return status == "Enabled"
+
         try:
-            return self.client.get_bucket_versioning(Bucket=self.config.bucket).get("Status") == "Enabled"
-        except Exception as err:
-            log.debug("cannot read bucket versioning: %s", describe_error(err))
+            return self._step("S3 GetBucketVersioning", get)
+        except S3Error as err:
+            log.debug("cannot read bucket versioning: %s", err)
             return False
 
     def object_size(self, key: str) -> int | None:
-        """Size of ``key``, or None when absent or not readable (the original ignores errors)."""
+        """Size of ``key``, or None when absent (other failures are errors)."""
         try:
-            return int(self.client.head_object(Bucket=self.config.bucket, Key=key)["ContentLength"])
-        except Exception:
-            return None
+            size, _ = self.head_metadata(key)
+        except S3Error as err:
+            if err.missing:
+                return None
+            raise
+        return size
+
+    def head_metadata(self, key: str) -> tuple[int, dict[str, str]]:
+        def head(_deadline: Deadline) -> tuple[int, dict[str, str]]:
+            try:
+                answer = self.client.head_object(Bucket=self.config.bucket, Key=key)
+            except Exception as err:
+                raise _error(f"cannot read object {key}", err) from None
+            return int(answer.get("ContentLength", 0)), dict(answer.get("Metadata", {}) or {})
+
+        return self._step(f"S3 HeadObject {key}", head)
 
     # --- upload -------------------------------------------------------------------------
     def upload_file(self, path: Path, key: str, *, metadata: dict[str, str],
                     on_bytes: Callable[[int], None] | None = None) -> None:
-        """One multipart upload attempt (parts in parallel, aborted by s3transfer on failure)."""
+        """Upload ``path`` (multipart, parts in parallel; an unfinished upload is aborted)."""
         from boto3.s3.transfer import TransferConfig
 
+        size = path.stat().st_size
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=CONCURRENCY, use_threads=True)
+                                max_concurrency=CONCURRENCY, use_threads=True, num_download_attempts=1)
+        self.phase.extend(self.budgets.for_bytes(size))
+
+        def put(deadline: Deadline) -> None:
+            deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
+            try:
+                self.client.upload_file(
+                    str(path), self.config.bucket, key,
+                    ExtraArgs={"ContentType": CONTENT_TYPE, "Metadata": metadata},
+                    Config=config, Callback=on_bytes,
+                )
+            except Exception as err:
+                cause = err.__cause__ if err.__cause__ is not None and type(err).__name__ == "S3UploadFailedError" \
+                    else err
+                raise _error("", cause) from None
+
         try:
-            self.client.upload_file(
-                str(path), self.config.bucket, key,
-                ExtraArgs={"ContentType": CONTENT_TYPE, "Metadata": metadata},
-                Config=config, Callback=on_bytes,
-            )
-        except Exception as err:
-            cause = err.__cause__ if err.__cause__ is not None and type(err).__name__ == "S3UploadFailedError" else err
-            raise S3Error(describe_error(cause)) from None
+            self._step(f"S3 upload {key}", put)
+        finally:
+            self._abort_unfinished()
+
+    def _upload_created(self, parsed: dict[str, Any], model: Any = None, **_: Any) -> None:
+        if parsed.get("UploadId"):
+            self._uploads[str(parsed["UploadId"])] = str(parsed.get("Key", ""))
+
+    def _upload_ended(self, parsed: dict[str, Any], context: dict[str, Any] | None = None, **kw: Any) -> None:
+        params = kw.get("params") or {}
+        upload_id = (context or {}).get("upload_id") or params.get("UploadId") or parsed.get("UploadId")
+        self._uploads.pop(str(upload_id), None)
+
+    def _abort_unfinished(self) -> None:
+        """Abort this store's multipart uploads a cancelled attempt left (never another
+        node's upload of the same key), within a few seconds of its own."""
+        if not self._uploads:
+            return
+        deadline = Deadline(self.budgets.seconds(ABORT_BUDGET), what="S3 AbortMultipartUpload")
+        with contextlib.suppress(Exception), Guard(deadline, StopRequest()):
+            for upload_id, key in list(self._uploads.items()):
+                self.client.abort_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=upload_id)
+                self._uploads.pop(upload_id, None)
+                log.info("aborted an unfinished multipart upload", extra=kv(key=key))
 
     # --- listing and delete ---------------------------------------------------------------
-    def list_objects(self, prefix: str, *, recursive: bool) -> Iterator[ObjectInfo]:
-        """Every object under ``prefix`` (all pages); non-recursive hides "sub-folders"."""
-        paginator = self.client.get_paginator("list_objects_v2")
+    def list_objects(self, prefix: str, *, recursive: bool) -> list[ObjectInfo]:
+        """Every object under ``prefix`` (each page a step); non-recursive hides "sub-folders"."""
         params: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix}
         if not recursive:
             params["Delimiter"] = "/"
-        try:
-            for page in paginator.paginate(**params):
-                for item in page.get("Contents", []) or []:
-                    yield ObjectInfo(item["Key"], int(item.get("Size", 0)))
-        except S3Error:
-            raise
-        except Exception as err:
-            raise S3Error(f"failed to list objects in bucket {self.config.bucket}: {describe_error(err)}") from None
+        found: list[ObjectInfo] = []
+        token: str | None = None
+        while True:
+            page_params = {**params, "ContinuationToken": token} if token else params
+
+            def page(_deadline: Deadline, page_params: dict[str, Any] = page_params) -> dict[str, Any]:
+                try:
+                    return dict(self.client.list_objects_v2(**page_params))
+                except Exception as err:
+                    raise _error(f"failed to list objects in bucket {self.config.bucket}", err) from None
+
+            answer = self._step("S3 ListObjectsV2", page)
+            found.extend(ObjectInfo(item["Key"], int(item.get("Size", 0))) for item in answer.get("Contents", []) or [])
+            token = answer.get("NextContinuationToken") if answer.get("IsTruncated") else None
+            if not token:
+                return found
 
     def delete_keys(self, keys: Iterable[str]) -> list[str]:
         """Delete ``keys`` with DeleteObjects, 1,000 a call; return the keys deleted.
@@ -320,15 +455,20 @@ class S3Store:
         deleted: list[str] = []
         for start in range(0, len(pending), DELETE_BATCH):
             batch = pending[start : start + DELETE_BATCH]
-            try:
-                response = self.client.delete_objects(
-                    Bucket=self.config.bucket,
-                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
-                )
-            except Exception as err:
-                if not _not_implemented(err):
-                    raise S3Error(f"failed to delete objects in bucket {self.config.bucket}: "
-                                  f"{describe_error(err)}") from None
+
+            def delete(_deadline: Deadline, batch: list[str] = batch) -> dict[str, Any] | None:
+                try:
+                    return dict(self.client.delete_objects(
+                        Bucket=self.config.bucket,
+                        Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                    ))
+                except Exception as err:
+                    if _not_implemented(err):
+                        return None
+                    raise _error(f"failed to delete objects in bucket {self.config.bucket}", err) from None
+
+            response = self._step("S3 DeleteObjects", delete)
+            if response is None:
                 # Some S3-compatible stores (GCS's XML API) lack DeleteObjects.
                 log.info("DeleteObjects not supported here: deleting one object at a time")
                 deleted.extend(self._delete_one_by_one(batch))
@@ -343,22 +483,21 @@ class S3Store:
     def _delete_one_by_one(self, keys: list[str]) -> list[str]:
         deleted = []
         for key in keys:
+            def delete(_deadline: Deadline, key: str = key) -> None:
+                try:
+                    self.client.delete_object(Bucket=self.config.bucket, Key=key)
+                except Exception as err:
+                    raise _error(f"cannot delete {key}", err) from None
+
             try:
-                self.client.delete_object(Bucket=self.config.bucket, Key=key)
-            except Exception as err:
-                log.warning("S3 refused to delete an object", extra=kv(key=key, error=describe_error(err)))
+                self._step(f"S3 DeleteObject {key}", delete)
+            except S3Error as err:
+                log.warning("S3 refused to delete an object", extra=kv(key=key, error=str(err)))
                 continue
             deleted.append(key)
         return deleted
 
     # --- download -----------------------------------------------------------------------
-    def head_metadata(self, key: str) -> tuple[int, dict[str, str]]:
-        try:
-            head = self.client.head_object(Bucket=self.config.bucket, Key=key)
-        except Exception as err:
-            raise S3Error(f"cannot read object {key}: {describe_error(err)}") from None
-        return int(head.get("ContentLength", 0)), dict(head.get("Metadata", {}) or {})
-
     def download_to(self, key: str, dest: Path, *, on_bytes: Callable[[int], None] | None = None) -> str:
         """Download ``key`` to ``dest`` (temp name, fsync, rename, mode 0600); return its sha256.
 
@@ -367,22 +506,28 @@ class S3Store:
         """
         from boto3.s3.transfer import TransferConfig
 
-        _, metadata = self.head_metadata(key)
+        size, metadata = self.head_metadata(key)
         expected = metadata.get(ARCHIVE_SHA_META, "").lower()
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=CONCURRENCY, use_threads=True)
-        with atomic_output(dest, mode=0o600) as pending:
-            try:
-                self.client.download_fileobj(self.config.bucket, key, pending.file, Config=config,
-                                             Callback=on_bytes)
-            except Exception as err:
-                raise S3Error(f"failed to download {key}: {describe_error(err)}") from None
-            pending.file.flush()
-            digest = file_sha256(pending.temp)  # parts arrive out of order: hash once complete
-            if expected and digest != expected:
-                raise S3Error(f"downloaded {key} does not match its archive-sha256 metadata "
-                              f"(got {digest}, expected {expected})")
-        return digest
+                                max_concurrency=CONCURRENCY, use_threads=True, num_download_attempts=1)
+        self.phase.extend(self.budgets.for_bytes(size))
+
+        def get(deadline: Deadline) -> str:
+            deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
+            with atomic_output(dest, mode=0o600) as pending:
+                try:
+                    self.client.download_fileobj(self.config.bucket, key, pending.file, Config=config,
+                                                 Callback=on_bytes)
+                except Exception as err:
+                    raise _error(f"failed to download {key}", err) from None
+                pending.file.flush()
+                digest = file_sha256(pending.temp)  # parts arrive out of order: hash once complete
+                if expected and digest != expected:
+                    raise S3Error(f"downloaded {key} does not match its archive-sha256 metadata "
+                                  f"(got {digest}, expected {expected})")
+            return digest
+
+        return self._step(f"S3 download {key}", get)
 
 
 def _not_implemented(err: BaseException) -> bool:

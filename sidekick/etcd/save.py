@@ -8,16 +8,20 @@ A snapshot, step by step (CONTRACT 3.1, 3.2, 3.11):
 3. ``/backup/<name>.zip`` is written under a temp name and renamed when complete, with the
    entries ``/backup/<name>`` and, when present, ``/etc/kubernetes/<name>.rkestate``;
    then the raw file and the state file go;
-4. steps 1-3 are retried ``--backup-retries`` times with capped exponential backoff;
-5. with ``--s3-backup`` the archive is uploaded. EVERY S3 failure (unreachable, bad CA, wrong
-   keys, missing bucket, rejected upload) ends the one-shot run with a last line containing
-   ``failed to upload etcd snapshot file`` and keeps the local archive: RKE reads those words
-   to tell a failed upload from a failed snapshot (CONTRACT 12: the original printed them only
-   for the upload call itself).
+4. steps 1-3 are retried (``--backup-retries``) within the etcd budget
+   (:mod:`sidekick.etcd.budgets`);
+5. with ``--s3-backup`` the archive is uploaded within the S3 budget. EVERY S3 failure
+   (unreachable, silent, bad CA, wrong keys, missing bucket, rejected upload) ends the one-shot
+   run with a last line containing ``failed to upload etcd snapshot file`` and keeps the local
+   archive: RKE reads those words to tell a failed upload from a failed snapshot.
 
 Rolling mode adds the cluster state file before the snapshot, local retention after it, then
-S3 upload and S3 retention; a failed tick is logged and the loop goes on; SIGTERM stops it
-between steps.
+S3 upload and S3 retention; a failed tick is logged and the loop goes on.
+
+SIGTERM or SIGINT (:mod:`sidekick.host.signals`) ends any step within a second or so: waits
+end, etcdctl is killed, sockets are shut down (:mod:`sidekick.host.guard`), temp files go,
+and the last line says what exists (no snapshot, or the snapshot kept locally with the
+upload interrupted).
 """
 
 from __future__ import annotations
@@ -27,41 +31,28 @@ import datetime as dt
 import errno
 import logging
 import os
-import secrets
-import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
+from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import retention
+from sidekick.etcd import layout, retention
 from sidekick.etcd.archive import ArchiveResult, write_archive
+from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
-from sidekick.etcd.retry import StopFlag, etcd_backoff, s3_backoff
 from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
-from sidekick.host.files import TEMP_PREFIX
+from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
 from sidekick.host.proc import Runner
+from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
-from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
-BACKUP_DIR = "/backup"
-K8S_DIR = "/etc/kubernetes"
 UPLOAD_FAILED = "failed to upload etcd snapshot file"
-LEFTOVER_AGE = 15 * 60.0  # seconds: an in-flight temp file of another process is younger
-
-
-class Terminated(BaseException):
-    """SIGTERM in one-shot mode: a BaseException so no ``except Exception`` swallows it."""
-
-
-class Stopped(Exception):
-    """SIGTERM arrived: leave the rolling loop between two steps."""
 
 
 @dataclass
@@ -71,7 +62,7 @@ class Snapshot:
 
     @property
     def snapshot_sha256(self) -> str:
-        return self.archive.manifest.get(f"{BACKUP_DIR}/{self.name}", "")
+        return self.archive.manifest.get(layout.snapshot_entry(self.name), "")
 
 
 @dataclass
@@ -80,25 +71,27 @@ class Saver:
 
     opts: Options
     runner: Runner
-    stop: StopFlag
-    store_factory: Callable[[S3Config], S3Store] = S3Store
+    stop: StopRequest
+    budgets: Budgets = field(default_factory=Budgets)
+    store_factory: Callable[..., S3Store] = S3Store
     progress_interval: float = 5.0
 
     @property
     def backup_dir(self) -> Path:
-        return host_path(BACKUP_DIR)
+        return layout.backup_dir()
 
     def etcdctl(self) -> Etcdctl:
         o = self.opts
-        return Etcdctl(self.runner, endpoints=o.endpoints, cacert=o.cacert, cert=o.cert, key=o.key)
+        return Etcdctl(self.runner, endpoints=o.endpoints, cacert=o.cacert, cert=o.cert, key=o.key,
+                       budgets=self.budgets)
 
     def checkpoint(self) -> None:
         if self.stop.is_set():
-            raise Stopped()
+            raise Stopped(f"stopped by {self.stop.signal_name or 'a stop request'}")
 
     def _interruptible(self, add: Callable[[int], None]) -> Callable[[int], None]:
-        """A progress callback that ends a long archive or upload soon after SIGTERM (rolling
-        mode): the archive's temp file is removed, the multipart upload aborted."""
+        """A progress callback that ends a long archive soon after a stop request (the
+        archive's temp file is then removed)."""
 
         def callback(count: int) -> None:
             self.checkpoint()
@@ -109,28 +102,32 @@ class Saver:
     # --- the snapshot ---------------------------------------------------------------------
     def take_snapshot(self, name: str) -> Snapshot:
         ctl = self.etcdctl()
-        attempts = self.opts.backup_retries + 1
-        delays = list(etcd_backoff(self.opts.retry_wait).delays(self.opts.backup_retries))
-        last: SidekickError | None = None
-        for attempt in range(attempts):
-            if attempt:
-                log.info("retrying the snapshot", extra=kv(name=name, attempt=attempt + 1,
-                                                           wait=f"{delays[attempt - 1]:g}s"))
-                if self.stop.wait(delays[attempt - 1]):
-                    raise Stopped()
+        policy = self.budgets.etcd(self.opts.backup_retries)
+        attempts = [0]
+
+        def attempt(_deadline: Deadline) -> Snapshot:
+            attempts[0] += 1
             try:
                 return self._attempt(ctl, name)
             except EtcdError as err:
-                last = err
-                log.warning("snapshot attempt failed", extra=kv(name=name, attempt=attempt + 1, error=str(err)))
-        raise SidekickError(f"failed to take etcd snapshot {name} after {attempts} attempts: {last}")
+                log.warning("snapshot attempt failed", extra=kv(name=name, attempt=attempts[0], error=str(err)))
+                raise
+
+        try:
+            return policy.run(attempt, what=f"etcd snapshot {name}", stop=self.stop,
+                              retryable=lambda err: isinstance(err, EtcdError | DeadlineExceeded),
+                              on_retry=lambda n, err, wait: log.info(
+                                  "retrying the snapshot", extra=kv(name=name, attempt=n + 1, wait=f"{wait:.1f}s")))
+        except (EtcdError, DeadlineExceeded) as err:
+            cause = err.__cause__ if isinstance(err, DeadlineExceeded) and err.__cause__ else err
+            raise SidekickError(f"failed to take etcd snapshot {name} after {attempts[0]} attempts: {cause}") from None
 
     def _attempt(self, ctl: Etcdctl, name: str) -> Snapshot:
         ctl.health()
-        raw = self.backup_dir / f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}"
+        raw = temp_path(self.backup_dir / name)
         try:
             progress = Progress(log, "etcd snapshot", interval=self.progress_interval, name=name)
-            ctl.snapshot_save(raw, progress=progress)
+            ctl.snapshot_save(raw, stop=self.stop, progress=progress)
             progress.finish(size=raw.stat().st_size)
             verify_snapshot(ctl, raw)
             return self._archive(name, raw)
@@ -140,39 +137,38 @@ class Saver:
                     leftover.unlink()
 
     def _archive(self, name: str, raw: Path) -> Snapshot:
-        state = host_path(f"{K8S_DIR}/{name}.rkestate")
-        entries = [(f"{BACKUP_DIR}/{name}", raw)]
+        state = layout.state_path(name)
+        entries = [(layout.snapshot_entry(name), raw)]
         if state.is_file():
-            entries.append((f"{K8S_DIR}/{name}.rkestate", state))
-        dest = self.backup_dir / f"{name}.zip"
+            entries.append((layout.state_entry(name), state))
         progress = Progress(log, "archive", total=raw.stat().st_size, interval=self.progress_interval,
                             name=f"{name}.zip")
         try:
-            result = write_archive(dest, entries, on_input=self._interruptible(progress.add))
+            result = write_archive(layout.archive_path(name), entries, on_input=self._interruptible(progress.add))
         except OSError as err:
-            reason = "no space left on device" if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) \
-                else (err.strerror or str(err))
-            raise SidekickError(f"cannot write {BACKUP_DIR}/{name}.zip: {reason}") from None
-        progress.finish(size=result.input_size, sha256=result.manifest[f"{BACKUP_DIR}/{name}"],
-                        archive_size=result.size, ratio=f"{result.size / max(1, result.input_size):.3f}")
+            raise SidekickError(f"cannot write {describe_os_error(err, layout.archive_entry(name))}") from None
+        snapshot_sha = result.manifest[layout.snapshot_entry(name)]
+        progress.finish(size=result.input_size, sha256=snapshot_sha, archive_size=result.size,
+                        ratio=f"{result.size / max(1, result.input_size):.3f}")
         # The archive is complete: the raw file (an old one may sit at the final name) and
         # the state file are now inside it, as the original leaves things.
         with contextlib.suppress(FileNotFoundError):
-            (self.backup_dir / name).unlink()
+            layout.snapshot_path(name).unlink()
         if len(entries) > 1:
             with contextlib.suppress(FileNotFoundError):
                 state.unlink()
-        log.info("Created local backup", extra=kv(name=name, path=f"{BACKUP_DIR}/{name}.zip", size=result.size,
-                                                  snapshot_sha256=result.manifest[f"{BACKUP_DIR}/{name}"],
-                                                  archive_sha256=result.sha256))
+        log.info("Created local backup", extra=kv(name=name, path=layout.archive_entry(name), size=result.size,
+                                                  snapshot_sha256=snapshot_sha, archive_sha256=result.sha256))
         return Snapshot(name, result)
 
     # --- S3 -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def s3(self) -> Iterator[S3Store]:
-        """A store whose bucket exists; every failure here is an upload failure for RKE."""
+        """A store whose bucket exists, within one S3 budget; every failure here is an
+        upload failure for RKE."""
         try:
-            store = self.store_factory(S3Config.from_options(self.opts))
+            store = self.store_factory(S3Config.from_options(self.opts), budgets=self.budgets,
+                                       retries=self.opts.s3_retries, stop=self.stop)
         except S3Error as err:
             raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
         try:
@@ -187,31 +183,20 @@ class Saver:
     def upload(self, store: S3Store, snap: Snapshot) -> None:
         path = snap.archive.path
         key = store.config.key(path.name)
-        existing = store.object_size(key)
-        if existing and not store.versioning_enabled():
-            log.info("Skipping upload to s3 because snapshot already exists and versioning is not enabled "
-                     "for the bucket", extra=kv(name=snap.name, key=key))
-            return
-        metadata = {SNAPSHOT_SHA_META: snap.snapshot_sha256, ARCHIVE_SHA_META: snap.archive.sha256}
-        delays = list(s3_backoff(self.opts.retry_wait).delays(self.opts.s3_retries))
-        last: S3Error | None = None
-        for attempt in range(self.opts.s3_retries + 1):
-            if attempt and self.stop.wait(delays[attempt - 1]):
-                raise Stopped()
+        try:
+            existing = store.object_size(key)
+            if existing and not store.versioning_enabled():
+                log.info("Skipping upload to s3 because snapshot already exists and versioning is not enabled "
+                         "for the bucket", extra=kv(name=snap.name, key=key))
+                return
+            metadata = {SNAPSHOT_SHA_META: snap.snapshot_sha256, ARCHIVE_SHA_META: snap.archive.sha256}
             progress = Progress(log, "upload", total=snap.archive.size, interval=self.progress_interval,
                                 key=key, bucket=store.config.bucket)
-            try:
-                store.upload_file(path, key, metadata=metadata, on_bytes=self._interruptible(progress.add))
-            except S3Error as err:
-                if self.stop.is_set():  # the stop came through the callback: multipart aborted
-                    raise Stopped() from None
-                last = err
-                log.warning(f"{UPLOAD_FAILED}: {err}, retried {attempt} times", extra=kv(key=key))
-                continue
-            progress.finish(size=snap.archive.size, sha256=snap.archive.sha256)
-            log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
-            return
-        raise SidekickError(f"{UPLOAD_FAILED}: {last}")
+            store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
+        except S3Error as err:
+            raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
+        progress.finish(size=snap.archive.size, sha256=snap.archive.sha256)
+        log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
 
     def s3_retention(self, store: S3Store, tick: dt.datetime) -> None:
         folder = store.config.folder
@@ -260,24 +245,25 @@ class Saver:
 
     def clean_leftovers(self) -> None:
         """Temp files of an interrupted run (old enough not to be another process's)."""
-        now = time.time()
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.backup_dir) as entries:
-            for entry in entries:
-                if not entry.name.startswith(TEMP_PREFIX) or not entry.is_file(follow_symlinks=False):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if now - entry.stat(follow_symlinks=False).st_mtime >= LEFTOVER_AGE:
-                        os.unlink(entry.path)
-                        log.info("removed a leftover of an interrupted run", extra=kv(name=entry.name))
+        for path in remove_leftovers(self.backup_dir):
+            log.info("removed a leftover of an interrupted run", extra=kv(name=path.name))
 
     # --- the two modes ----------------------------------------------------------------------
     def once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
-        snap = self.take_snapshot(name)
+        try:
+            snap = self.take_snapshot(name)
+        except Stopped:
+            raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'}: "
+                          "no snapshot was written") from None
         if self.opts.s3_backup:
-            with self.s3() as store:
-                self.upload(store, snap)
+            try:
+                with self.s3() as store:
+                    self.upload(store, snap)
+            except Stopped:
+                raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'} during the S3 upload: "
+                              f"snapshot kept locally at {layout.archive_entry(name)}; {UPLOAD_FAILED}") from None
         self.rancher_retention(name)
         return 0
 
@@ -286,9 +272,9 @@ class Saver:
 
         name = retention.rolling_name(when)
         log.info("rolling snapshot", extra=kv(name=name))
-        self.clean_leftovers()  # a crashed run restarted by Docker left them less than 15 min ago
+        self.clean_leftovers()  # a crashed run restarted by Docker left them
         try:
-            write_statefile(name, backoff=s3_backoff(self.opts.retry_wait), stop=self.stop)
+            write_statefile(name, budgets=self.budgets, stop=self.stop)
         except StateError as err:
             # A snapshot without the state file beats no snapshot at all.
             log.warning("Error while trying to retrieve cluster state from cluster",
@@ -303,7 +289,10 @@ class Saver:
         with self.s3() as store:
             self.upload(store, snap)
             self.checkpoint()
-            self.s3_retention(store, when)
+            try:
+                self.s3_retention(store, when)
+            except S3Error as err:
+                raise SidekickError(f"S3 retention failed: {err}") from None
 
     def rolling(self) -> int:
         creation = self.opts.creation.total_seconds()
@@ -328,7 +317,7 @@ class Saver:
             next_tick += creation
             if next_tick <= now:
                 next_tick += creation * ((now - next_tick) // creation + 1)
-        log.info("stopped", extra=kv(reason="SIGTERM"))
+        log.info("stopped", extra=kv(reason=self.stop.signal_name or "stop request"))
         return 0
 
 
@@ -342,31 +331,26 @@ def _validate(opts: Options) -> None:
         raise UsageError("Failed to find etcd cert or key paths (--cacert, --cert and --key are required)")
 
 
-def run_save(opts: Options, *, runner: Runner | None = None, stop: StopFlag | None = None) -> int:
-    _validate(opts)
-    saver = Saver(opts, runner or Runner(), stop or StopFlag())
-    saver.backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    saver.clean_leftovers()
-    if opts.once:
-        # SIGTERM (docker stop) unwinds the stack, so etcdctl is killed and temp files go.
-        def on_term_once(signum: int, _frame: FrameType | None) -> None:
-            raise Terminated(signum)
-
-        previous_term = signal.signal(signal.SIGTERM, on_term_once)
-        try:
-            return saver.once()
-        except Terminated:
-            raise SidekickError("interrupted by SIGTERM: no snapshot was written", exit_code=143) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous_term)
-
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        log.info("received a stop signal: finishing the current step", extra=kv(signal=signum))
-        saver.stop.set()
-
-    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
+def prepare_backup_dir() -> Path:
+    """``/backup`` exists, is a directory and is writable, or one line says which is not."""
+    directory = layout.backup_dir()
     try:
-        return saver.rolling()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SidekickError(f"{layout.BACKUP_DIR}: not a directory") from None
+    except OSError as err:
+        raise SidekickError(f"cannot use {describe_os_error(err, layout.BACKUP_DIR)}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+        cause = os.strerror(errno.EROFS if read_only else errno.EACCES).lower()
+        raise SidekickError(f"cannot write to {layout.BACKUP_DIR}: {cause}")
+    return directory
+
+
+def run_save(opts: Options, *, runner: Runner | None = None) -> int:
+    _validate(opts)
+    prepare_backup_dir()
+    with stop_on_signals() as stop:
+        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts))
+        saver.clean_leftovers()
+        return saver.once() if opts.once else saver.rolling()

@@ -2,38 +2,37 @@
 
 RKE stops etcd on a node, starts this in container ``etcd-Serve-backup`` and, if it is still
 running 5 s later, makes that node the restore source: every other node then runs
-``download --local-endpoint <this node>``. As the original: ``/backup/<name>`` is extracted
-from ``/backup/<name>.zip`` when the archive exists, HTTPS on ``0.0.0.0:2379`` (port 2379 is
-free because etcd is stopped), TLS >= 1.2, a client certificate signed by ``--cacert`` is
-required, and ``GET /<name>`` is the only route; anything else is 404 (405 for other
-methods on that path).
+``download --local-endpoint <this node>``. ``/backup/<name>`` is extracted from
+``/backup/<name>.zip`` when the archive exists (unless a file already verified against the same
+entry is there), then served over HTTPS on ``0.0.0.0:2379`` (free because etcd is stopped):
+TLS >= 1.2, a client certificate signed by ``--cacert`` required, ``GET``/``HEAD /<name>`` the
+only route (404 elsewhere, 405 for other methods), one ``Range`` with ``If-Range``, and
+``ETag``, ``Content-Length`` and ``Repr-Digest`` (RFC 9530) so a downloader can resume and
+verify. HTTP parsing and framing are ``http.server``'s.
 
-Better than the original:
+Who gets served, and how many:
 
-- a file already extracted and verified against the same archive entry is not extracted
-  again (:func:`sidekick.etcd.extract.ensure_snapshot`), so a second start listens within a
-  second instead of after a full re-extraction;
-- ``Range`` (one range, ``If-Range``) lets a downloader resume; ``ETag``, ``Content-Length``
-  and, when the SHA-256 is known, ``Repr-Digest`` (RFC 9530) let it verify what it got;
-- each client is logged with its address, certificate subject, bytes sent and result, and
-  long transfers log progress lines; SIGTERM stops it cleanly (exit 0);
-- memory is bounded: at most :data:`MAX_CLIENTS` transfers at once, each streaming through
-  one :data:`CHUNK` buffer (``MAX_CLIENTS * CHUNK`` bytes at worst), whatever the file size.
+- TLS handshakes run non-blocking on the accept thread, each within :data:`HANDSHAKE` seconds,
+  at most :data:`MAX_PENDING` at once and :data:`MAX_PENDING_PER_SOURCE` from one address;
+  past a cap the OLDEST pending handshake is dropped, so idle or reconnecting connections
+  without a certificate can never keep a real peer out (it finishes in milliseconds);
+- a peer slot (:data:`MAX_CLIENTS` transfers at once, each a thread streaming through one
+  :data:`CHUNK` buffer: ``MAX_CLIENTS * CHUNK`` bytes at worst) is taken only once the client
+  certificate is verified; a verified client finding every slot busy gets ``503``.
 
-For tests and the bench (not flags of the original): ``SIDEKICK_SERVE_ADDRESS`` (default
-``0.0.0.0``) and ``SIDEKICK_SERVE_PORT`` (default 2379; ``download`` dials the same port).
+SIGTERM stops it within a second (exit 0). ``SIDEKICK_SERVE_ADDRESS`` and
+``SIDEKICK_SERVE_PORT`` (see :mod:`sidekick.etcd.options`) change where it listens.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import email.utils
 import io
 import logging
-import os
 import selectors
-import signal
 import socket
 import ssl
 import threading
@@ -41,98 +40,36 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any
 
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd.extract import ensure_snapshot, stop_on_signal
-from sidekick.etcd.options import Options
+from sidekick.etcd.budgets import HANDSHAKE, PEER_IO, Budgets
+from sidekick.etcd.extract import ensure_snapshot
+from sidekick.etcd.options import Options, serve_address, serve_port
 from sidekick.etcd.progress import Progress, mb_per_s
+from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
-ADDRESS_ENV = "SIDEKICK_SERVE_ADDRESS"
-PORT_ENV = "SIDEKICK_SERVE_PORT"
-DEFAULT_ADDRESS = "0.0.0.0"
-DEFAULT_PORT = 2379
 MAX_CLIENTS = 16
+MAX_PENDING = 512
+MAX_PENDING_PER_SOURCE = 128
 CHUNK = 1 << 20
-HANDSHAKE_TIMEOUT = 10.0  # a client that cannot finish TLS in 10 s only holds a slot
-IO_TIMEOUT = 60.0
-MAX_HEADER_LINE = 8192
-MAX_HEADERS = 100
+MAX_PATH = 4096
+LINGER = 1.0  # seconds a refused handshake may still drain, so the client reads the alert
 SERVER_NAME = "sidekick"
 
 
-def serve_port() -> int:
-    text = os.environ.get(PORT_ENV, "").strip()
-    if not text:
-        return DEFAULT_PORT
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise UsageError(f"{PORT_ENV}={text!r} is not a TCP port")
-    return int(text)
-
-
-def serve_address() -> str:
-    return os.environ.get(ADDRESS_ENV, "").strip() or DEFAULT_ADDRESS
-
-
-# --- HTTP, the small part we need -----------------------------------------------------
 class HttpError(Exception):
     def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.headers = headers or {}
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    version: str
-    headers: dict[str, str]  # lower-cased names
-
-    @property
-    def keep_alive(self) -> bool:
-        connection = self.headers.get("connection", "").lower()
-        if self.version == "HTTP/1.0":
-            return connection == "keep-alive"
-        return connection != "close"
-
-
-def read_request(rfile: BinaryIO) -> Request | None:
-    """Parse one request head; None when the client closed the connection between requests."""
-    line = rfile.readline(MAX_HEADER_LINE + 1)
-    if not line:
-        return None
-    if len(line) > MAX_HEADER_LINE:
-        raise HttpError(414, "URI Too Long")
-    parts = line.decode("latin-1").rstrip("\r\n").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise HttpError(400, "Bad Request")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for _ in range(MAX_HEADERS + 1):
-        raw = rfile.readline(MAX_HEADER_LINE + 1)
-        if len(raw) > MAX_HEADER_LINE:
-            raise HttpError(431, "Request Header Fields Too Large")
-        text = raw.decode("latin-1").rstrip("\r\n")
-        if not text:
-            break
-        name, sep, value = text.partition(":")
-        if not sep:
-            raise HttpError(400, "Bad Request")
-        headers[name.strip().lower()] = value.strip()
-    else:
-        raise HttpError(431, "Request Header Fields Too Large")
-    if ("content-length" in headers and headers["content-length"] != "0") or "transfer-encoding" in headers:
-        raise HttpError(400, "Bad Request")  # nothing here takes a body; refuse to guess its end
-    path = urllib.parse.urlsplit(target).path
-    return Request(method, urllib.parse.unquote(path), version, headers)
 
 
 @dataclass(frozen=True)
@@ -202,12 +139,6 @@ class Resource:
         return headers
 
 
-def _head(status: int, reason: str, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}", f"Date: {email.utils.formatdate(usegmt=True)}", f"Server: {SERVER_NAME}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 def subject_text(peercert: Any) -> str:
     """``CN=system:node,O=system:nodes`` from ``getpeercert()``."""
     if not peercert:
@@ -220,181 +151,104 @@ def subject_text(peercert: Any) -> str:
     return ",".join(parts)
 
 
-class SnapshotServer:
-    """The listening socket and its client threads; :meth:`serve` runs until :meth:`stop`."""
+# --- one verified client ----------------------------------------------------------------
+class SnapshotHandler(BaseHTTPRequestHandler):
+    """The one route, on a verified TLS connection (``http.server`` reads and frames)."""
 
-    def __init__(self, resource: Resource, context: ssl.SSLContext, address: str, port: int) -> None:
-        self.resource = resource
-        self.context = context
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._listener.bind((address, port))
-            self._listener.listen(64)
-        except OSError as err:
-            self._listener.close()
-            raise SidekickError(f"cannot listen on {address}:{port}: {err.strerror or err}") from None
-        self.address = self._listener.getsockname()
-        self._stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        self._clients: dict[threading.Thread, socket.socket] = {}
-        self._lock = threading.Lock()
+    protocol_version = "HTTP/1.1"
+    resource: Resource
+    subject: str
+    client: str
 
-    @property
-    def port(self) -> int:
-        return int(self.address[1])
+    def __init__(self, tls: ssl.SSLSocket, client: str, server: SnapshotServer) -> None:
+        self.resource = server.resource
+        self.subject = subject_text(tls.getpeercert())
+        self.client = client
+        self.stopping = server.stopping
+        super().__init__(tls, (client, 0), server)  # type: ignore[arg-type]
 
-    def stop(self) -> None:
-        """Safe from a signal handler or another thread: wakes the accept loop."""
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+    def version_string(self) -> str:
+        return SERVER_NAME
 
-    def serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                for key, _ in selector.select():
-                    if key.fileobj is self._listener and not self._stopping.is_set():
-                        self._accept()
-        self._shutdown()
+    def log_message(self, format: str, *args: Any) -> None:  # http.server's own access lines
+        log.debug("http: " + format, *args)
 
-    def _accept(self) -> None:
-        try:
-            conn, peer = self._listener.accept()
-        except OSError:
-            return
-        if not self._slots.acquire(blocking=False):
-            log.warning("too many clients, connection refused", extra=kv(client=_addr(peer), limit=MAX_CLIENTS))
-            conn.close()
-            return
-        thread = threading.Thread(target=self._client, args=(conn, peer), name=f"client-{_addr(peer)}", daemon=True)
-        with self._lock:
-            self._clients[thread] = conn
-        thread.start()
-
-    def _shutdown(self) -> None:
-        self._listener.close()
-        with self._lock:
-            clients = dict(self._clients)
-        for conn in clients.values():
-            # The plain socket's shutdown: SSLSocket.shutdown would also drop the TLS object
-            # under the client thread's feet; this only makes its blocked read or write fail.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(conn, socket.SHUT_RDWR)
-        for thread in clients:
-            thread.join(timeout=5)
-        self._wake_r.close()
-        self._wake_w.close()
-
-    # --- one client ------------------------------------------------------------------
-    def _client(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        client = _addr(peer)
-        conn.settimeout(HANDSHAKE_TIMEOUT)
-        # The TLS socket takes over conn's descriptor: register it, so a stop can shut it down.
-        tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        with self._lock:
-            self._clients[threading.current_thread()] = tls
-        try:
-            try:
-                tls.do_handshake()
-            except (OSError, ssl.SSLError) as err:
-                log.warning("TLS handshake refused", extra=kv(client=client, error=_reason(err)))
-                _linger_close(tls)
-                return
-            tls.settimeout(IO_TIMEOUT)
-            self._converse(tls, client, subject_text(tls.getpeercert()))
-        finally:
-            with contextlib.suppress(OSError):
-                tls.close()
-            with self._lock:
-                self._clients.pop(threading.current_thread(), None)
-            self._slots.release()
-
-    def _converse(self, tls: ssl.SSLSocket, client: str, subject: str) -> None:
-        rfile = tls.makefile("rb")
-        try:
-            while not self._stopping.is_set():
-                try:
-                    request = read_request(rfile)
-                except HttpError as err:
-                    self._send_error(tls, err, client, subject, "?")
-                    return
-                except (OSError, ssl.SSLError):
-                    return
-                if request is None:
-                    return
-                if not self._respond(tls, request, client, subject) or not request.keep_alive:
-                    return
-        finally:
-            rfile.close()
-
-    def _send_error(self, tls: ssl.SSLSocket, err: HttpError, client: str, subject: str, path: str) -> None:
+    def _refuse(self, err: HttpError, path: str) -> None:
         body = f"{err.status} {err.reason}\n".encode()
-        headers = {**err.headers, "Content-Type": "text/plain", "Content-Length": str(len(body)), "Connection": "close"}
-        with contextlib.suppress(OSError, ssl.SSLError):
-            tls.sendall(_head(err.status, err.reason, headers) + body)
-        log.info("request refused", extra=kv(client=client, subject=subject, path=path, status=err.status))
+        self.send_response(err.status, err.reason)
+        for key, value in err.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.close_connection = True
+        log.info("request refused", extra=kv(client=self.client, subject=self.subject, path=path, status=err.status))
 
-    def _respond(self, tls: ssl.SSLSocket, request: Request, client: str, subject: str) -> bool:
-        """Answer one request; False when the connection must end."""
+    def handle_one_request(self) -> None:
+        if self.stopping.is_set():
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def do_GET(self) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         res = self.resource
-        if request.path != f"/{res.name}":
-            self._send_error(tls, HttpError(404, "Not Found"), client, subject, request.path)
-            return False
-        if request.method not in ("GET", "HEAD"):
-            self._send_error(tls, HttpError(405, "Method Not Allowed", {"Allow": "GET, HEAD"}), client, subject, request.path)
-            return False
+        if len(self.path) > MAX_PATH:
+            return self._refuse(HttpError(414, "URI Too Long"), path[:80])
+        if path != f"/{res.name}":
+            return self._refuse(HttpError(404, "Not Found"), path)
+        if self.command not in ("GET", "HEAD"):
+            return self._refuse(HttpError(405, "Method Not Allowed", {"Allow": "GET, HEAD"}), path)
+        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+            return self._refuse(HttpError(400, "Bad Request"), path)  # nothing here takes a body
         try:
-            wanted = parse_range(request.headers.get("range"), res.size)
+            wanted = parse_range(self.headers.get("Range"), res.size)
         except HttpError as err:
-            self._send_error(tls, err, client, subject, request.path)
-            return False
-        if wanted is not None and request.headers.get("if-range", res.etag) != res.etag:
+            return self._refuse(err, path)
+        if wanted is not None and self.headers.get("If-Range", res.etag) != res.etag:
             wanted = None  # the client's partial copy is of another file: send it whole
-        headers = res.headers()
         if wanted is None:
-            status, reason, start, length = 200, "OK", 0, res.size
+            status, start, length = 200, 0, res.size
         else:
-            status, reason, start, length = 206, "Partial Content", wanted.start, wanted.length
-            headers["Content-Range"] = f"bytes {wanted.start}-{wanted.end}/{res.size}"
-        headers["Content-Length"] = str(length)
-        if not request.keep_alive:
-            headers["Connection"] = "close"
-        tls.sendall(_head(status, reason, headers))
-        if request.method == "HEAD":
-            return True
-        return self._send_body(tls, start, length, client, subject, status)
+            status, start, length = 206, wanted.start, wanted.length
+        self.send_response(status)
+        for key, value in res.headers().items():
+            self.send_header(key, value)
+        if wanted is not None:
+            self.send_header("Content-Range", f"bytes {wanted.start}-{wanted.end}/{res.size}")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command == "GET":
+            self._send_body(start, length, status)
 
-    def _send_body(self, tls: ssl.SSLSocket, start: int, length: int, client: str, subject: str, status: int) -> bool:
-        progress = Progress(log, "send", total=length, client=client)
+    do_HEAD = do_GET
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+    def _send_body(self, start: int, length: int, status: int) -> None:
+        progress = Progress(log, "send", total=length, client=self.client)
         sent = 0
         began = time.monotonic()
         try:
             with open(self.resource.path, "rb", buffering=0) as source:
                 for view in _chunks(source, start, length):
-                    tls.sendall(view)
+                    self.wfile.write(view)
                     sent += len(view)
                     progress.add(len(view))
         except (OSError, ssl.SSLError) as err:
-            log.warning(
-                "transfer failed",
-                extra=kv(client=client, subject=subject, status=status, bytes=sent, length=length, error=_reason(err)),
-            )
-            return False
+            self.close_connection = True
+            log.warning("transfer failed", extra=kv(client=self.client, subject=self.subject, status=status,
+                                                    bytes=sent, length=length, error=_reason(err)))
+            return
         if sent != length:
-            log.warning("file shrank while being sent", extra=kv(client=client, bytes=sent, length=length))
-            return False
+            self.close_connection = True
+            log.warning("file shrank while being sent", extra=kv(client=self.client, bytes=sent, length=length))
+            return
         seconds = time.monotonic() - began
-        log.info(
-            "snapshot sent",
-            extra=kv(client=client, subject=subject, status=status, bytes=sent, seconds=f"{seconds:.2f}",
-                     mbps=mb_per_s(sent, seconds)),
-        )
-        return True
+        log.info("snapshot sent", extra=kv(client=self.client, subject=self.subject, status=status, bytes=sent,
+                                           seconds=f"{seconds:.2f}", mbps=mb_per_s(sent, seconds)))
 
 
 def _chunks(source: io.RawIOBase, start: int, length: int) -> Iterator[memoryview]:
@@ -410,16 +264,215 @@ def _chunks(source: io.RawIOBase, start: int, length: int) -> Iterator[memoryvie
         yield view[:count]
 
 
-def _linger_close(conn: ssl.SSLSocket) -> None:
-    """Close after a refused handshake without a reset: with TLS 1.3 the client has already
-    sent its request, and closing with it unread would make the kernel send RST, which can
-    destroy the alert that tells the client WHY (e.g. its certificate is not trusted)."""
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)  # also drops the TLS layer: what follows reads raw bytes
-        conn.settimeout(1.0)
-        for _ in range(16):  # at most 256 KiB or 1 s per read
-            if not conn.recv(16384):
-                break
+# --- the listener -------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """A connection still in its TLS handshake (or draining after a refused one)."""
+
+    tls: ssl.SSLSocket
+    source: str
+    client: str
+    until: float
+    draining: bool = False
+
+
+class SnapshotServer:
+    """The listening socket, the handshake stage and the peer slots; :meth:`serve` runs until
+    :meth:`stop`."""
+
+    def __init__(self, resource: Resource, context: ssl.SSLContext, address: str, port: int,
+                 *, budgets: Budgets | None = None) -> None:
+        self.resource = resource
+        self.context = context
+        self.budgets = budgets or Budgets()
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._listener.bind((address, port))
+            self._listener.listen(128)
+        except OSError as err:
+            self._listener.close()
+            raise SidekickError(f"cannot listen on {address}:{port}: {err.strerror or err}") from None
+        self._listener.setblocking(False)
+        self.address = self._listener.getsockname()
+        self.stopping = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        self._clients: dict[threading.Thread, ssl.SSLSocket] = {}
+        self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    def stop(self) -> None:
+        """Safe from another thread: wakes the accept loop."""
+        self.stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def serve(self, stop: StopRequest | None = None) -> None:
+        """Run until :meth:`stop` (or ``stop`` is set: it is polled every 0.2 s)."""
+        sel = self._selector
+        sel.register(self._listener, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self.stopping.is_set():
+                if stop is not None and stop.is_set():
+                    break
+                for key, events in sel.select(timeout=0.2):
+                    if key.fileobj is self._listener:
+                        self._accept_all()
+                    elif key.fileobj is not self._wake_r:
+                        self._progress(key.fd, events)
+                self._expire()
+        finally:
+            self.stopping.set()
+            self._shutdown()
+
+    # --- the handshake stage -------------------------------------------------------------
+    def _accept_all(self) -> None:
+        for _ in range(64):  # a burst at a time, then the others get their turn
+            try:
+                conn, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.debug("accept failed: %s", err)
+                return
+            conn.setblocking(False)
+            tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            pending = _Pending(tls, str(peer[0]), _addr(peer), time.monotonic() + self.budgets.seconds(HANDSHAKE))
+            self._make_room(pending.source)
+            self._pending[tls.fileno()] = pending
+            self._selector.register(tls, selectors.EVENT_READ)
+            self._progress(tls.fileno(), selectors.EVENT_READ)
+
+    def _make_room(self, source: str) -> None:
+        """Past a cap, drop the oldest pending handshake (of that source first)."""
+        same = [fd for fd, p in self._pending.items() if p.source == source]
+        if len(same) >= MAX_PENDING_PER_SOURCE:
+            self._drop(same[0], "too many handshakes from one address")
+        elif len(self._pending) >= MAX_PENDING:
+            self._drop(next(iter(self._pending)), "too many handshakes")
+
+    def _progress(self, fd: int, _events: int) -> None:
+        pending = self._pending.get(fd)
+        if pending is None:
+            return
+        if pending.draining:
+            try:
+                more = pending.tls.recv(16384)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return
+            except OSError:
+                more = b""
+            if not more:
+                self._close(fd)
+            return
+        try:
+            pending.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(pending.tls, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(pending.tls, selectors.EVENT_WRITE)
+            return
+        except (OSError, ssl.SSLError) as err:
+            log.warning("TLS handshake refused", extra=kv(client=pending.client, error=_reason(err)))
+            self._linger(fd)
+            return
+        self._selector.unregister(pending.tls)
+        del self._pending[fd]
+        self._admit(pending)
+
+    def _linger(self, fd: int) -> None:
+        """Close a refused handshake without a reset: with TLS 1.3 the client has already
+        sent its request, and closing with it unread would make the kernel send RST, which can
+        destroy the alert that tells the client WHY (e.g. its certificate is not trusted)."""
+        pending = self._pending[fd]
+        try:
+            pending.tls.shutdown(socket.SHUT_WR)  # also drops the TLS layer: what follows is raw
+        except OSError:
+            self._close(fd)
+            return
+        pending.draining = True
+        pending.until = time.monotonic() + LINGER
+        self._selector.modify(pending.tls, selectors.EVENT_READ)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for fd, pending in list(self._pending.items()):
+            if pending.until <= now:
+                self._drop(fd, "" if pending.draining else "TLS handshake timed out")
+
+    def _drop(self, fd: int, why: str) -> None:
+        pending = self._pending.get(fd)
+        if pending is not None and why:
+            log.info("connection dropped", extra=kv(client=pending.client, reason=why))
+        self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        pending = self._pending.pop(fd, None)
+        if pending is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(pending.tls)
+        with contextlib.suppress(OSError):
+            pending.tls.close()
+
+    # --- peer slots ----------------------------------------------------------------------
+    def _admit(self, pending: _Pending) -> None:
+        tls = pending.tls
+        tls.setblocking(True)
+        tls.settimeout(self.budgets.seconds(PEER_IO))
+        if not self._slots.acquire(blocking=False):
+            log.warning("every peer slot is busy: asked the client to retry",
+                        extra=kv(client=pending.client, limit=MAX_CLIENTS))
+            with contextlib.suppress(OSError):
+                tls.settimeout(1.0)
+                tls.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\n\r\n")
+            with contextlib.suppress(OSError):
+                tls.close()
+            return
+        thread = threading.Thread(target=self._client, args=(tls, pending.client), name=f"client-{pending.client}",
+                                  daemon=True)
+        with self._lock:
+            self._clients[thread] = tls
+        thread.start()
+
+    def _client(self, tls: ssl.SSLSocket, client: str) -> None:
+        try:
+            SnapshotHandler(tls, client, self)
+        except (OSError, ssl.SSLError) as err:
+            log.debug("client %s ended: %s", client, _reason(err))
+        finally:
+            with contextlib.suppress(OSError):
+                tls.close()
+            with self._lock:
+                self._clients.pop(threading.current_thread(), None)
+            self._slots.release()
+
+    def _shutdown(self) -> None:
+        for fd in list(self._pending):
+            self._close(fd)
+        self._selector.close()
+        self._listener.close()
+        with self._lock:
+            clients = dict(self._clients)
+        for conn in clients.values():
+            # The plain socket's shutdown: SSLSocket.shutdown would also drop the TLS object
+            # under the client thread's feet; this only makes its blocked read or write fail.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+        for thread in clients:
+            thread.join(timeout=5)
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 def _addr(peer: tuple[str, int] | tuple[str, int, int, int]) -> str:
@@ -460,27 +513,14 @@ def run_serve(opts: Options) -> int:
             raise UsageError(f"{flag} is required to serve over mutual TLS")
     address, port = serve_address(), serve_port()
     context = server_context(host_path(opts.cacert), host_path(opts.cert), host_path(opts.key))
-    server: SnapshotServer | None = None
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if server is None:  # still extracting: unwind, so the temp file is removed
-            stop_on_signal(signum, _frame)
-        log.info("stopping on signal", extra=kv(signal=signal.Signals(signum).name))
-        server.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        snapshot = ensure_snapshot(opts.name)
+    with stop_on_signals() as stop:
+        snapshot = ensure_snapshot(opts.name, stop=stop)
         resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
-        server = SnapshotServer(resource, context, address, port)
-        log.info(
-            "serving snapshot",
-            extra=kv(name=opts.name, address=f"{address}:{server.port}", size=resource.size,
-                     sha256=resource.sha256 or "unknown", source=snapshot.origin),
-        )
-        server.serve()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        server = SnapshotServer(resource, context, address, port, budgets=Budgets.from_options(opts))
+        log.info("serving snapshot", extra=kv(name=opts.name, address=f"{address}:{server.port}", size=resource.size,
+                                              sha256=resource.sha256 or "unknown", source=snapshot.origin))
+        server.serve(stop)
+        if stop.is_set():
+            log.info("stopping on signal", extra=kv(signal=stop.signal_name))
     log.info("serve stopped", extra=kv(name=opts.name))
     return 0

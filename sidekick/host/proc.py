@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from sidekick.errors import SidekickError
+from sidekick.host.guard import track_process
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,27 @@ class Runner:
     ) -> subprocess.CompletedProcess[bytes]:
         log.debug("run %s", " ".join(argv))
         try:
-            result = subprocess.run(
+            process = subprocess.Popen(
                 list(argv),
-                capture_output=True,
-                timeout=timeout,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=None if env is None else dict(env),
-                input=input,
-                check=False,
             )
         except FileNotFoundError:
             raise SidekickError(f"{argv[0]}: command not found") from None
-        except subprocess.TimeoutExpired:
-            raise SidekickError(f"{argv[0]} timed out after {timeout}s") from None
+        track_process(process)  # a guarded step kills it at its deadline or on a stop
+        with process:
+            try:
+                stdout, stderr = process.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise SidekickError(f"{argv[0]} timed out after {timeout}s") from None
+            except BaseException:
+                process.kill()
+                raise
+        result = subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
         if check and result.returncode != 0:
             detail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
             last = detail[-1] if detail else ""

@@ -138,13 +138,13 @@ def test_s3_keys_are_registered_as_secrets(called: list[tuple[str, Options]], mo
 def test_other_subcommands_dispatch_lazily(called: list[tuple[str, Options]]) -> None:
     target, opts = parse(called, "etcd-backup", "download", "--name", "s", "--local-endpoint", "10.0.0.2",
                          "--cacert", "/a", "--cert", "/b", "--key", "/c")
-    assert target == "sidekick.etcd.download:run_download" and opts.local_endpoint == "10.0.0.2"
+    assert target == "sidekick.etcd.restore:run_download" and opts.local_endpoint == "10.0.0.2"
     target, opts = parse(called, "etcd-backup", "serve", "--name", "s", "--cacert", "/a", "--cert", "/b", "--key", "/c")
     assert target == "sidekick.etcd.serve:run_serve" and opts.command == "serve"
     # RKE passes configS3BackupImgCmd flags (creation/retention too) to extractstatefile.
     target, opts = parse(called, "etcd-backup", "extractstatefile", "--name", "s", "--creation=12h",
                          "--retention=72h", "--s3-backup=true", "--s3-bucketName=b")
-    assert target == "sidekick.etcd.extract:run_extractstatefile" and opts.s3_bucket_name == "b"
+    assert target == "sidekick.etcd.restore:run_extractstatefile" and opts.s3_bucket_name == "b"
 
 
 @pytest.mark.parametrize("flag", ["--creation", "--once", "--backup-retries=1", "--endpoints=x"])

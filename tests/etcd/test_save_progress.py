@@ -1,4 +1,4 @@
-"""Progress lines and backoff schedules (pure, fake clock)."""
+"""Progress lines (pure, fake clock)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from sidekick.etcd.progress import Progress
-from sidekick.etcd.retry import Backoff, StopFlag, etcd_backoff, s3_backoff
 
 
 class Clock:
@@ -40,17 +39,3 @@ def test_progress_lines_every_interval(caplog: pytest.LogCaptureFixture) -> None
     final = lines[2][1]
     assert final["size"] == 100_000_000 and final["sha256"] == "ab" * 32 and final["mbps"] == "10.0"
     assert elapsed == 10
-
-
-def test_backoff_doubles_to_a_cap() -> None:
-    assert list(Backoff(first=1, cap=5).delays(5)) == [1, 2, 4, 5, 5]
-    assert list(etcd_backoff(15).delays(4)) == [7.5, 15, 30, 30]
-    assert list(s3_backoff(15).delays(3)) == [1, 2, 4]
-    assert list(s3_backoff(0).delays(3)) == [0, 0, 0]
-
-
-def test_stop_flag_cuts_waits_short() -> None:
-    flag = StopFlag()
-    assert flag.wait(0) is False
-    flag.set()
-    assert flag.wait(60) is True and flag.is_set()

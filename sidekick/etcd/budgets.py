@@ -1,0 +1,102 @@
+"""Every time bound of the etcd wing, in one place, sized to fit RKE's own waits.
+
+RKE gives a one-shot snapshot container ``backup_config.timeout`` (300 s by default) and
+reads its last line only if it ended by then (CONTRACT 1.4, 3.2); restore containers get
+the same 300 s. So, with the default flags:
+
+- etcd: attempts (``--backup-retries`` + 1) start within :data:`ETCD_BUDGET` (40 s), waits
+  ``retry_wait * 2/15`` doubling to ``retry_wait`` (2, 4, 8, 15 s at the default 15 s); an
+  unreachable etcd fails each health check within :data:`HEALTH_TIMEOUT`, so a save with etcd
+  down ends in under 45 s. A running ``etcdctl snapshot save`` is bounded by its progress
+  (:data:`SNAPSHOT_STALL` without a byte), not by a clock, since its length depends on the data.
+- S3: one phase (bucket check, upload or download, retention) of :data:`S3_PHASE` (200 s)
+  plus :data:`MIN_RATE` time for the bytes; each control request gets :data:`S3_REQUEST`, each
+  transfer attempt :data:`S3_TRANSFER` plus the bytes at ``MIN_RATE``. With a small snapshot a
+  ``save --once`` therefore ends within about 200 s under any S3 fault, well before RKE stops
+  waiting, and its last line carries ``failed to upload etcd snapshot file``.
+- The cluster state fetch and the peer download have their own budgets below.
+
+``SIDEKICK_BUDGET_SCALE`` (default 1) multiplies every budget, so tests run the same logic
+in seconds; ``SIDEKICK_RETRY_WAIT`` (default 15) sets the waits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sidekick.errors import UsageError
+from sidekick.retry import Policy
+
+if TYPE_CHECKING:
+    from sidekick.etcd.options import Options
+
+SCALE_ENV = "SIDEKICK_BUDGET_SCALE"
+ETCD_BUDGET = 40.0
+HEALTH_TIMEOUT = 10.0
+SNAPSHOT_STALL = 60.0
+SNAPSHOT_TIMEOUT = 3600.0
+STATUS_TIMEOUT = 600.0
+S3_PHASE = 200.0
+S3_REQUEST = 30.0
+S3_CONNECT = 10.0
+S3_TRANSFER = 60.0
+MIN_RATE = 1_000_000  # bytes per second a transfer may not fall below on average
+STATE_ATTEMPTS = 3
+STATE_REQUEST = 15.0
+STATE_BUDGET = 40.0
+PEER_ATTEMPTS = 5
+PEER_BUDGET = 200.0
+PEER_CONNECT = 10.0
+PEER_IO = 60.0
+HANDSHAKE = 5.0  # serve: a client that cannot finish TLS in this time is dropped
+
+
+def scale_from_env() -> float:
+    text = os.environ.get(SCALE_ENV, "").strip()
+    if not text:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{SCALE_ENV}={text!r} is not a number") from None
+    if not 0.001 <= value <= 100:
+        raise UsageError(f"{SCALE_ENV} must be between 0.001 and 100 (got {text})")
+    return value
+
+
+@dataclass(frozen=True)
+class Budgets:
+    retry_wait: float = 15.0
+    scale: float = 1.0
+
+    @classmethod
+    def from_options(cls, opts: Options) -> Budgets:
+        return cls(retry_wait=opts.retry_wait, scale=scale_from_env())
+
+    def seconds(self, base: float) -> float:
+        return base * self.scale
+
+    def for_bytes(self, size: int) -> float:
+        """Time for ``size`` bytes at the slowest rate still called progress."""
+        return size / MIN_RATE * self.scale
+
+    def etcd(self, retries: int) -> Policy:
+        return Policy(attempts=retries + 1, first_wait=self.retry_wait * 2 / 15, max_wait=self.retry_wait,
+                      budget=self.seconds(ETCD_BUDGET), attempt_budget=self.seconds(SNAPSHOT_TIMEOUT),
+                      attempts_within_budget=False)
+
+    def s3(self, retries: int) -> Policy:
+        """Requests of one S3 step: at most ``retries + 1`` attempts of one request each (or
+        one transfer each: a single PUT/GET, or the parts of a multipart upload)."""
+        return Policy(attempts=retries + 1, first_wait=self.retry_wait / 15, max_wait=self.retry_wait,
+                      budget=self.seconds(S3_PHASE), attempt_budget=self.seconds(S3_REQUEST))
+
+    def state(self) -> Policy:
+        return Policy(attempts=STATE_ATTEMPTS, first_wait=self.retry_wait / 15, max_wait=self.retry_wait / 3,
+                      budget=self.seconds(STATE_BUDGET), attempt_budget=self.seconds(STATE_REQUEST))
+
+    def peer(self) -> Policy:
+        return Policy(attempts=PEER_ATTEMPTS, first_wait=self.retry_wait / 15, max_wait=self.retry_wait,
+                      budget=self.seconds(PEER_BUDGET), attempt_budget=self.seconds(PEER_BUDGET))

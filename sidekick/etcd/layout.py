@@ -1,0 +1,70 @@
+"""Where snapshots live, spelled once (CONTRACT 3): names inside the containers RKE runs.
+
+RKE binds the host's ``/opt/rke/etcd-snapshots`` at ``/backup`` and ``<prefix>/etc/kubernetes``
+at ``/etc/kubernetes``. An archive ``/backup/<name>.zip`` holds the entries ``/backup/<name>``
+(the etcd database) and ``/etc/kubernetes/<name>.rkestate`` (the cluster state); RKE copies
+``/tmp/cluster.rkestate`` out of the extractstatefile container. The ``*_path`` functions map
+those names under :func:`sidekick.paths.host_path`; the ``*_entry`` ones are archive entry
+names and log names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sidekick.errors import UsageError
+from sidekick.host.files import TEMP_OVERHEAD
+from sidekick.paths import host_path
+
+BACKUP_DIR = "/backup"
+STATE_DIR = "/etc/kubernetes"
+STATE_OUTPUT = "/tmp/cluster.rkestate"
+ARCHIVE_SUFFIX = ".zip"
+DEFAULT_NAME_MAX = 255
+
+
+def backup_dir() -> Path:
+    return host_path(BACKUP_DIR)
+
+
+def snapshot_entry(name: str) -> str:
+    return f"{BACKUP_DIR}/{name}"
+
+
+def archive_entry(name: str) -> str:
+    return f"{BACKUP_DIR}/{name}{ARCHIVE_SUFFIX}"
+
+
+def state_entry(name: str) -> str:
+    return f"{STATE_DIR}/{name}.rkestate"
+
+
+def snapshot_path(name: str) -> Path:
+    return host_path(snapshot_entry(name))
+
+
+def archive_path(name: str) -> Path:
+    return host_path(archive_entry(name))
+
+
+def state_path(name: str) -> Path:
+    return host_path(state_entry(name))
+
+
+def state_output() -> Path:
+    return host_path(STATE_OUTPUT)
+
+
+def check_name_fits(name: str) -> None:
+    """Refuse up front a ``--name`` whose files (with our temp and ``.zip`` suffixes) the
+    filesystem of /backup could not hold, instead of failing half-way with ENAMETOOLONG."""
+    try:
+        limit = os.pathconf(backup_dir(), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = DEFAULT_NAME_MAX
+    longest = len(f"{name}{ARCHIVE_SUFFIX}".encode()) + TEMP_OVERHEAD
+    if longest > limit:
+        allowed = limit - TEMP_OVERHEAD - len(ARCHIVE_SUFFIX)
+        raise UsageError(f"snapshot name is {len(name.encode())} bytes long: at most {allowed} fit "
+                         f"in file names on {BACKUP_DIR}")
