@@ -109,7 +109,7 @@ def test_guard_shuts_a_silent_connection_at_its_deadline() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         started = time.monotonic()
-        with pytest.raises(DeadlineExceeded, match="read did not finish within 0.3s"), \
+        with pytest.raises(DeadlineExceeded, match=r"read did not finish within 0\.3s"), \
                 Guard(Deadline(0.3, what="read"), StopRequest()):
             if not client.recv(10):
                 raise OSError("closed")

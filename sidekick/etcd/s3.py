@@ -243,8 +243,9 @@ class S3Store:
                           f"{describe_error(err)}") from None
         events = self.client.meta.events
         events.register("after-call.s3.CreateMultipartUpload", self._upload_created)
-        events.register("after-call.s3.CompleteMultipartUpload", self._upload_ended)
-        events.register("after-call.s3.AbortMultipartUpload", self._upload_ended)
+        for operation in ("CompleteMultipartUpload", "AbortMultipartUpload"):
+            events.register(f"before-parameter-build.s3.{operation}", self._note_upload_id)
+            events.register(f"after-call.s3.{operation}", self._upload_ended)
 
     def _make_client(self) -> S3Client:
         import boto3
@@ -402,14 +403,18 @@ class S3Store:
         finally:
             self._abort_unfinished()
 
-    def _upload_created(self, parsed: dict[str, Any], model: Any = None, **_: Any) -> None:
+    def _upload_created(self, parsed: dict[str, Any], **_: Any) -> None:
         if parsed.get("UploadId"):
             self._uploads[str(parsed["UploadId"])] = str(parsed.get("Key", ""))
 
-    def _upload_ended(self, parsed: dict[str, Any], context: dict[str, Any] | None = None, **kw: Any) -> None:
-        params = kw.get("params") or {}
-        upload_id = (context or {}).get("upload_id") or params.get("UploadId") or parsed.get("UploadId")
-        self._uploads.pop(str(upload_id), None)
+    @staticmethod
+    def _note_upload_id(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["sidekick_upload_id"] = params.get("UploadId")
+
+    def _upload_ended(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        status = getattr(http_response, "status_code", 500)
+        if status < 300 or status == 404:  # completed, aborted, or already gone
+            self._uploads.pop(str(context.get("sidekick_upload_id")), None)
 
     def _abort_unfinished(self) -> None:
         """Abort this store's multipart uploads a cancelled attempt left (never another

@@ -46,10 +46,10 @@ from typing import Any
 
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd.budgets import HANDSHAKE, PEER_IO, Budgets
-from sidekick.etcd.extract import ensure_snapshot
+from sidekick.etcd.extract import ensure_snapshot, stoppable
 from sidekick.etcd.options import Options, serve_address, serve_port
 from sidekick.etcd.progress import Progress, mb_per_s
-from sidekick.host.signals import StopRequest, stop_on_signals
+from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
 
@@ -156,6 +156,7 @@ class SnapshotHandler(BaseHTTPRequestHandler):
     """The one route, on a verified TLS connection (``http.server`` reads and frames)."""
 
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # no HTTP/0.9: every answer has a status line
     resource: Resource
     subject: str
     client: str
@@ -432,12 +433,17 @@ class SnapshotServer:
         if not self._slots.acquire(blocking=False):
             log.warning("every peer slot is busy: asked the client to retry",
                         extra=kv(client=pending.client, limit=MAX_CLIENTS))
-            with contextlib.suppress(OSError):
+            try:
                 tls.settimeout(1.0)
                 tls.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
                             b"Connection: close\r\n\r\n")
-            with contextlib.suppress(OSError):
+                tls.setblocking(False)
+            except OSError:
                 tls.close()
+                return
+            self._pending[tls.fileno()] = pending
+            self._selector.register(tls, selectors.EVENT_READ)
+            self._linger(tls.fileno())
             return
         thread = threading.Thread(target=self._client, args=(tls, pending.client), name=f"client-{pending.client}",
                                   daemon=True)
@@ -513,7 +519,7 @@ def run_serve(opts: Options) -> int:
             raise UsageError(f"{flag} is required to serve over mutual TLS")
     address, port = serve_address(), serve_port()
     context = server_context(host_path(opts.cacert), host_path(opts.cert), host_path(opts.key))
-    with stop_on_signals() as stop:
+    with stoppable() as stop:
         snapshot = ensure_snapshot(opts.name, stop=stop)
         resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
         server = SnapshotServer(resource, context, address, port, budgets=Budgets.from_options(opts))

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 
 from sidekick.errors import SidekickError
-from sidekick.etcd import download, serve, verified
+from sidekick.etcd import download, restore, serve, verified
+from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.download import Peer, parse_content_range, repr_digest_sha256
 from sidekick.etcd.options import Options
-from sidekick.etcd.retry import Backoff
 from sidekick.host.files import TEMP_PREFIX
 from tests.etcd.servers import captured_logs, running_server
 from tests.harness.pki import RkeSsl
 from tests.harness.ports import free_port
+from tests.harness.stops import RecordingStop, fast_policy
 
 NAME = "2024-10-04T12:00:00Z_etcd"
-FAST = Backoff(0.01, 0.02)
 
 
 @pytest.fixture
@@ -38,10 +38,11 @@ def nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pat
 
 def pull(dst: Path, port: int, ssl_: RkeSsl, monkeypatch: pytest.MonkeyPatch, **kw: object) -> verified.Digest:
     monkeypatch.setenv("SIDEKICK_ROOT", str(dst))
-    sleeps: list[float] = kw.pop("sleeps", [])  # type: ignore[assignment]
+    stop = RecordingStop()
+    stop.waits = kw.pop("sleeps", [])  # type: ignore[assignment]
     return download.download_from_peer(
         NAME, "127.0.0.1", cacert=ssl_.cacert, cert=ssl_.node_cert, key=ssl_.node_key, port=port,
-        backoff=FAST, sleep=sleeps.append, **kw,  # type: ignore[arg-type]
+        budgets=Budgets(), stop=stop, policy=fast_policy(int(kw.pop("retries", 4))),  # type: ignore[call-overload]
     )
 
 
@@ -89,7 +90,8 @@ def test_404_is_reported_at_once_without_retries(nodes, etcd_ssl: RkeSsl, monkey
         monkeypatch.setenv("SIDEKICK_ROOT", str(dst))
         with pytest.raises(SidekickError, match=rf"snapshot other not found on peer 127.0.0.1:{srv.port} \(HTTP 404\)"):
             download.download_from_peer("other", "127.0.0.1", cacert=etcd_ssl.cacert, cert=etcd_ssl.node_cert,
-                                        key=etcd_ssl.node_key, port=srv.port, backoff=FAST, sleep=sleeps.append)
+                                        key=etcd_ssl.node_key, port=srv.port, budgets=Budgets(),
+                                        stop=RecordingStop(sleeps.append), policy=fast_policy())
     assert sleeps == []
     assert (dst / "backup" / NAME).read_bytes() == b"previous"
     assert not (dst / "backup" / "other").exists()
@@ -160,7 +162,7 @@ def test_a_file_that_changed_between_attempts_is_fetched_again_whole(
         monkeypatch.setenv("SIDEKICK_ROOT", str(dst))
         digest = download.download_from_peer(
             NAME, "127.0.0.1", cacert=etcd_ssl.cacert, cert=etcd_ssl.node_cert, key=etcd_ssl.node_key,
-            port=srv.port, backoff=FAST, sleep=replace_file,
+            port=srv.port, budgets=Budgets(), stop=RecordingStop(replace_file), policy=fast_policy(),
         )
     assert (dst / "backup" / NAME).read_bytes() == new
     assert digest.sha256 == hashlib.sha256(new).hexdigest()
@@ -169,12 +171,12 @@ def test_a_file_that_changed_between_attempts_is_fetched_again_whole(
 
 def test_run_download_needs_a_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path))
-    with pytest.raises(download.UsageError, match=r"--local-endpoint .* or --s3-backup"):
-        download.run_download(Options(command="download", name=NAME))
-    with pytest.raises(download.UsageError, match="--cacert is required"):
-        download.run_download(Options(command="download", name=NAME, local_endpoint="10.0.0.1"))
-    with pytest.raises(download.UsageError, match="--name is required"):
-        download.run_download(Options(command="download"))
+    with pytest.raises(restore.UsageError, match=r"--local-endpoint .* or --s3-backup"):
+        restore.run_download(Options(command="download", name=NAME))
+    with pytest.raises(restore.UsageError, match="--cacert is required"):
+        restore.run_download(Options(command="download", name=NAME, local_endpoint="10.0.0.1"))
+    with pytest.raises(restore.UsageError, match="--name is required"):
+        restore.run_download(Options(command="download"))
 
 
 # --- pure parts -------------------------------------------------------------------------
@@ -208,13 +210,13 @@ def test_a_verified_identical_copy_is_not_downloaded_again(
 ) -> None:
     _, dst, data = nodes
     bodies: list[int] = []
-    real = serve.SnapshotServer._send_body
+    real = serve.SnapshotHandler._send_body
 
     def counting(self, *args):  # type: ignore[no-untyped-def]
         bodies.append(1)
         return real(self, *args)
 
-    monkeypatch.setattr(serve.SnapshotServer, "_send_body", counting)
+    monkeypatch.setattr(serve.SnapshotHandler, "_send_body", counting)
     with running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key,
                         sha256=hashlib.sha256(data).hexdigest()) as srv:
         first = pull(dst, srv.port, etcd_ssl, monkeypatch)

@@ -19,9 +19,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidekick.errors import SidekickError
 from sidekick.etcd import download, tlsverify
-from sidekick.etcd.retry import Backoff
+from sidekick.etcd.budgets import Budgets
 from tests.etcd.servers import running_server
 from tests.harness.pki import CertificateAuthority, KeyPair, RkeSsl
+from tests.harness.stops import RecordingStop, fast_policy
 
 NAME = "snap"
 NOW = dt.datetime.now(dt.UTC)
@@ -151,7 +152,7 @@ def nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pat
 def _download(dst: Path, port: int, ssl_: RkeSsl, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIDEKICK_ROOT", str(dst))
     download.download_from_peer(NAME, "127.0.0.1", cacert=ssl_.cacert, cert=ssl_.node_cert, key=ssl_.node_key,
-                                port=port, retries=0, backoff=Backoff(0.01, 0.01))
+                                port=port, budgets=Budgets(), stop=RecordingStop(), policy=fast_policy(0))
 
 
 @pytest.mark.parametrize("shape", ["kube-node", "kube-etcd"])
@@ -172,13 +173,14 @@ def test_a_server_signed_by_another_ca_gets_no_request(
     requests: list[int] = []
     from sidekick.etcd import serve
 
-    real = serve.SnapshotServer._respond
+    real = serve.SnapshotHandler.handle_one_request
 
-    def spy(self, tls, request, client, subject):  # type: ignore[no-untyped-def]
-        requests.append(1)
-        return real(self, tls, request, client, subject)
+    def spy(self):  # type: ignore[no-untyped-def]
+        if self.rfile.peek(1):
+            requests.append(1)
+        return real(self)
 
-    monkeypatch.setattr(serve.SnapshotServer, "_respond", spy)
+    monkeypatch.setattr(serve.SnapshotHandler, "handle_one_request", spy)
     # The impostor accepts our client certificate (it trusts kube-ca) and would serve garbage.
     with running_server(NAME, etcd_ssl.cacert, cert, key) as srv, pytest.raises(
         tlsverify.PeerNotTrusted, match=r"O=system:nodes,CN=system:node\) is not trusted by the CA"
@@ -200,6 +202,6 @@ def test_a_server_refusing_our_client_certificate_is_not_retried(
         monkeypatch.setenv("SIDEKICK_ROOT", str(dst))
         with pytest.raises(SidekickError, match="refused our TLS client certificate"):
             download.download_from_peer(NAME, "127.0.0.1", cacert=etcd_ssl.cacert, cert=etcd_ssl.node_cert,
-                                        key=etcd_ssl.node_key, port=srv.port, backoff=Backoff(0.01, 0.01),
-                                        sleep=sleeps.append)
+                                        key=etcd_ssl.node_key, port=srv.port, budgets=Budgets(),
+                                        stop=RecordingStop(sleeps.append), policy=fast_policy())
     assert sleeps == []

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from sidekick.errors import SidekickError
-from sidekick.etcd import extract, verified
+from sidekick.etcd import extract, restore, verified
 from sidekick.etcd.archive import write_archive
 from sidekick.etcd.options import Options
 from sidekick.host.files import TEMP_PREFIX
+from sidekick.host.signals import StopRequest
 from tests.harness.goarchive import write_go_archive
 
 NAME = "c-abcde-rl-x7k2p_2024-10-04T12:00:00Z"
@@ -82,7 +83,7 @@ def patch_central(zip_path: Path, entry: str, *, size: int | None = None, compre
 @pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
 def test_extracts_verifies_and_records(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
     _, db = maker(root)
-    result = extract.ensure_snapshot(NAME)
+    result = extract.ensure_snapshot(NAME, stop=StopRequest())
     out = root / "backup" / NAME
     assert result.origin == "extracted"
     assert out.read_bytes() == db
@@ -95,9 +96,9 @@ def test_extracts_verifies_and_records(root: Path, maker) -> None:  # type: igno
 @pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
 def test_second_start_keeps_the_verified_file(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
     maker(root)
-    extract.ensure_snapshot(NAME)
+    extract.ensure_snapshot(NAME, stop=StopRequest())
     before = (root / "backup" / NAME).stat()
-    again = extract.ensure_snapshot(NAME)
+    again = extract.ensure_snapshot(NAME, stop=StopRequest())
     after = (root / "backup" / NAME).stat()
     assert again.origin == "already verified"
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
@@ -105,31 +106,31 @@ def test_second_start_keeps_the_verified_file(root: Path, maker) -> None:  # typ
 
 def test_a_changed_file_is_extracted_again(root: Path) -> None:
     _, db = make_ours(root)
-    extract.ensure_snapshot(NAME)
+    extract.ensure_snapshot(NAME, stop=StopRequest())
     out = root / "backup" / NAME
     with open(out, "r+b") as f:  # same size, one byte different: only the mtime tells
         f.write(b"X")
-    assert extract.ensure_snapshot(NAME).origin == "extracted"
+    assert extract.ensure_snapshot(NAME, stop=StopRequest()).origin == "extracted"
     assert out.read_bytes() == db
 
 
 def test_a_file_verified_against_another_archive_is_replaced(root: Path) -> None:
     make_ours(root, db=snapshot_bytes(1 << 20))
-    extract.ensure_snapshot(NAME)
+    extract.ensure_snapshot(NAME, stop=StopRequest())
     _, db2 = make_ours(root, db=snapshot_bytes(1 << 20)[::-1])
-    assert extract.ensure_snapshot(NAME).origin == "extracted"
+    assert extract.ensure_snapshot(NAME, stop=StopRequest()).origin == "extracted"
     assert (root / "backup" / NAME).read_bytes() == db2
 
 
 def test_uncompressed_file_without_archive_is_served_as_is(root: Path) -> None:
     (root / "backup" / NAME).write_bytes(b"raw snapshot")
-    result = extract.ensure_snapshot(NAME)
+    result = extract.ensure_snapshot(NAME, stop=StopRequest())
     assert result.origin == "uncompressed file" and result.digest is None
 
 
 def test_nothing_to_serve_is_one_clear_error(root: Path) -> None:
     with pytest.raises(SidekickError, match=f"snapshot {NAME} not found: neither /backup/{NAME}.zip"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 # --- refusing bad archives, keeping the previous file -----------------------------------
@@ -141,7 +142,7 @@ def test_manifest_mismatch_is_refused_and_the_old_file_kept(root: Path) -> None:
         archive.comment = json.dumps(body).encode()
     (root / "backup" / NAME).write_bytes(b"previous")
     with pytest.raises(SidekickError, match=r"SHA-256 .* does not match the manifest"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
     assert (root / "backup" / NAME).read_bytes() == b"previous"
     assert leftovers(root / "backup") == []
 
@@ -152,7 +153,7 @@ def test_corrupt_data_is_refused(root: Path) -> None:
     data[200] ^= 0xFF  # inside the first entry's deflate stream
     zip_path.write_bytes(bytes(data))
     with pytest.raises(SidekickError, match=r"corrupt|CRC-32|inflates past|truncated"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
     assert not (root / "backup" / NAME).exists()
     assert leftovers(root / "backup") == []
 
@@ -164,27 +165,27 @@ def test_crc_mismatch_is_refused(root: Path) -> None:
     struct.pack_into("<I", data, pos + 16, 0x12345678)
     zip_path.write_bytes(bytes(data))
     with pytest.raises(SidekickError, match=r"CRC-32 .* does not match the recorded 12345678"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_truncated_archive_is_refused(root: Path) -> None:
     zip_path, _ = make_ours(root)
     zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])
     with pytest.raises(SidekickError, match="not a readable zip archive"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_not_a_zip(root: Path) -> None:
     (root / "backup" / f"{NAME}.zip").write_bytes(b"this is not a zip")
     with pytest.raises(SidekickError, match="not a readable zip archive"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_absurd_declared_size_is_refused_before_inflating(root: Path) -> None:
     zip_path, _ = make_go(root)
     patch_central(zip_path, f"/backup/{NAME}", size=0xFFFFFFF0)
     with pytest.raises(SidekickError, match="ratio deflate cannot produce"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
     assert not (root / "backup" / NAME).exists()
 
 
@@ -192,14 +193,14 @@ def test_size_over_the_limit_is_refused(root: Path, monkeypatch: pytest.MonkeyPa
     make_go(root)
     monkeypatch.setattr(extract, "MAX_SNAPSHOT_BYTES", 1 << 20)
     with pytest.raises(SidekickError, match="more than the 1048576 allowed"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_entry_inflating_past_its_declared_size_stops(root: Path) -> None:
     zip_path, _ = make_go(root, db=bytes(4 << 20))
     patch_central(zip_path, f"/backup/{NAME}", size=3 << 20)
     with pytest.raises(SidekickError, match="inflates past its declared size"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
     assert not (root / "backup" / NAME).exists()
 
 
@@ -214,21 +215,21 @@ def test_not_enough_space_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(os, "statvfs", lambda p: Tiny(real(p)))
     with pytest.raises(SidekickError, match=r"not enough space in .*/backup"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_duplicate_entries_are_refused(root: Path) -> None:
     with pytest.warns(UserWarning, match="Duplicate name"):
         write_go_archive(root / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", b"one"), (f"/backup/{NAME}", b"two")])
     with pytest.raises(SidekickError, match="2 entries named"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_relative_entry_names_are_not_ours(root: Path) -> None:
     """What ``zipfile.write`` produces (no leading slash) is not the original's format."""
     write_go_archive(root / "backup" / f"{NAME}.zip", [(f"backup/{NAME}", b"db")])
     with pytest.raises(SidekickError, match=f"entry /backup/{NAME} not found in .*entries: backup/{NAME}"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 def test_local_header_name_must_match(root: Path) -> None:
@@ -238,7 +239,7 @@ def test_local_header_name_must_match(root: Path) -> None:
     data[local + 1 : local + 7] = b"etc/xx"
     zip_path.write_bytes(bytes(data))
     with pytest.raises(SidekickError, match="different name in its local header"):
-        extract.ensure_snapshot(NAME)
+        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 @pytest.mark.parametrize(
@@ -271,7 +272,7 @@ def test_plain_names_map_under_the_root(root: Path) -> None:
 def test_extractstatefile_writes_tmp_cluster_rkestate(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
     state = json.dumps(STATE, indent=2).encode()
     maker(root, state=state)
-    assert extract.run_extractstatefile(Options(command="extractstatefile", name=NAME)) == 0
+    assert restore.run_extractstatefile(Options(command="extractstatefile", name=NAME)) == 0
     out = root / "tmp" / "cluster.rkestate"
     assert out.read_bytes() == state
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -283,14 +284,14 @@ def test_extractstatefile_without_state_entry_fails_and_leaves_no_file(root: Pat
     stale = root / "tmp" / "cluster.rkestate"
     stale.write_text("{}")  # from an earlier run: must not be copied out by RKE
     with pytest.raises(SidekickError, match=f"has no state file /etc/kubernetes/{NAME}.rkestate"):
-        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+        restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
     assert not stale.exists()
 
 
 def test_extractstatefile_refuses_a_state_file_that_is_not_json(root: Path) -> None:
     make_go(root, state=b"\x00garbage")
     with pytest.raises(SidekickError, match="is not JSON"):
-        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+        restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
     assert not (root / "tmp" / "cluster.rkestate").exists()
 
 
@@ -301,18 +302,18 @@ def test_extractstatefile_checks_the_manifest(root: Path) -> None:
         body["sha256"][f"/etc/kubernetes/{NAME}.rkestate"] = "f" * 64
         archive.comment = json.dumps(body).encode()
     with pytest.raises(SidekickError, match="does not match the manifest"):
-        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+        restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
 
 
 def test_extractstatefile_without_archive(root: Path) -> None:
     with pytest.raises(SidekickError, match=f"snapshot archive /backup/{NAME}.zip not found"):
-        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+        restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
 
 
 def test_state_file_over_its_limit_is_refused(root: Path) -> None:
     make_go(root, state=b" " * (extract.MAX_STATE_BYTES + 1))
     with pytest.raises(SidekickError, match=r"more than the .* allowed"):
-        extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+        restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
 
 
 def test_hostile_entries_are_never_written(root: Path) -> None:
@@ -325,8 +326,8 @@ def test_hostile_entries_are_never_written(root: Path) -> None:
         (f"/backup/{NAME}", b"the snapshot"),
         (f"/etc/kubernetes/{NAME}.rkestate", state),
     ])
-    extract.ensure_snapshot(NAME)
-    extract.run_extractstatefile(Options(command="extractstatefile", name=NAME))
+    extract.ensure_snapshot(NAME, stop=StopRequest())
+    restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert written == [f"backup/{NAME}", f"backup/{NAME}.zip", "tmp/cluster.rkestate"]
     assert not (root.parent / "outside").exists()

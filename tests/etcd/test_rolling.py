@@ -198,12 +198,13 @@ def test_render_state_is_two_space_json() -> None:
 
 # --- SIGTERM in the middle of a long step ---------------------------------------------------
 def test_stop_during_upload_aborts_it(tmp_path: Path, s3_http: S3Server) -> None:
+    from sidekick.deadline import Stopped
     from sidekick.etcd.archive import write_archive
     from sidekick.etcd.options import Options
-    from sidekick.etcd.retry import StopFlag
     from sidekick.etcd.s3 import S3Config, S3Store
-    from sidekick.etcd.save import Saver, Snapshot, Stopped
+    from sidekick.etcd.save import Saver, Snapshot
     from sidekick.host.proc import Runner
+    from sidekick.host.signals import StopRequest
 
     raw = tmp_path / "raw"
     with open(raw, "wb") as out:
@@ -211,10 +212,10 @@ def test_stop_during_upload_aborts_it(tmp_path: Path, s3_http: S3Server) -> None
             out.write(os.urandom(1 << 20))
     archive = write_archive(tmp_path / "2024-10-04T12:00:00Z_etcd.zip", [("/backup/2024-10-04T12:00:00Z_etcd", raw)])
     bucket = s3_http.new_bucket()
-    stop_flag = StopFlag()
+    stop_flag = StopRequest()
     saver = Saver(Options(s3_bucket_name=bucket, retry_wait=0), Runner(), stop_flag)
     config = S3Config(endpoint=f"http://{s3_http.endpoint}", bucket=bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-    with S3Store(config) as store:
+    with S3Store(config, stop=stop_flag) as store:
         real_upload = store.upload_file
 
         def upload_then_sigterm(path: Path, key: str, *, metadata: dict[str, str], on_bytes: object) -> None:

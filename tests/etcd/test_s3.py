@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from sidekick.errors import SidekickError
+from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.options import Options
 from sidekick.etcd.retention import rolling_name
-from sidekick.etcd.retry import StopFlag
 from sidekick.etcd.s3 import (
     S3Config,
     S3Error,
@@ -30,6 +30,7 @@ from sidekick.etcd.s3 import (
 )
 from sidekick.etcd.save import Saver
 from sidekick.host.proc import Runner
+from sidekick.host.signals import StopRequest
 from sidekick.log import redact
 from tests.harness.pki import CertificateAuthority
 from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
@@ -93,7 +94,7 @@ def test_folder_keys_and_extension_stripping() -> None:
 def store_for(server: S3Server, bucket: str, folder: str = "") -> S3Store:
     config = S3Config(endpoint=f"http://{server.endpoint}", bucket=bucket, folder=folder,
                       access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-    return S3Store(config)
+    return S3Store(config, budgets=Budgets(retry_wait=0))
 
 
 def count_calls(store: S3Store, operation: str) -> list[int]:
@@ -140,7 +141,7 @@ def test_retention_over_10000_objects_in_batches(s3_http: S3Server, crowded: tup
     bucket, rolling, others = crowded
     tick = dt.datetime(2024, 10, 4, 12, 0, tzinfo=dt.UTC)
     opts = Options(retention=dt.timedelta(hours=24), s3_bucket_name=bucket)
-    saver = Saver(opts, Runner(), StopFlag())
+    saver = Saver(opts, Runner(), StopRequest())
     with store_for(s3_http, bucket, "f") as store:
         deletes = count_calls(store, "DeleteObjects")
         saver.s3_retention(store, tick)
@@ -183,7 +184,8 @@ def test_unreachable_endpoint_has_a_timeout_and_one_line(tmp_path: Path) -> None
     from tests.harness.ports import free_port
 
     config = S3Config(endpoint=f"127.0.0.1:{free_port()}", bucket="b", access_key="a", secret_key="s")
-    with S3Store(config, connect_timeout=1, read_timeout=1) as store, pytest.raises(SidekickError) as err:
+    with S3Store(config, budgets=Budgets(retry_wait=0.1, scale=0.05)) as store, \
+            pytest.raises(SidekickError) as err:
         store.check_bucket()
     assert "failed to check s3 bucket b" in str(err.value)
     assert "\n" not in str(err.value)
@@ -207,7 +209,8 @@ def test_failed_multipart_upload_is_aborted(tmp_path: Path, s3_http: S3Server) -
         created, aborted = count_calls(store, "CreateMultipartUpload"), count_calls(store, "AbortMultipartUpload")
         with pytest.raises(S3Error):
             store.upload_file(big, "big.zip", metadata={}, on_bytes=fail_midway)
-        assert len(created) == 1 and len(aborted) == 1
+        # The store's policy: 4 attempts (--s3-retries 3), each upload aborted.
+        assert len(created) == 4 and len(aborted) == 4
         client = s3_http.client()
         assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-import io
 import os
 import socket
 import ssl
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sidekick.etcd import serve
-from sidekick.etcd.serve import ByteRange, HttpError, parse_range, read_request
+from sidekick.etcd import options, serve
+from sidekick.etcd.serve import ByteRange, HttpError, parse_range
 from tests.etcd.servers import captured_logs, client_context, fetch, running_server
 from tests.harness.pki import CertificateAuthority, RkeSsl
 
@@ -216,15 +216,15 @@ def test_unreadable_certificate_is_one_clear_error(tmp_path: Path, etcd_ssl: Rke
 
 
 def test_port_and_address_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(serve.PORT_ENV, raising=False)
-    monkeypatch.delenv(serve.ADDRESS_ENV, raising=False)
-    assert (serve.serve_address(), serve.serve_port()) == ("0.0.0.0", 2379)
-    monkeypatch.setenv(serve.PORT_ENV, "12379")
-    monkeypatch.setenv(serve.ADDRESS_ENV, "10.213.0.1")
-    assert (serve.serve_address(), serve.serve_port()) == ("10.213.0.1", 12379)
-    monkeypatch.setenv(serve.PORT_ENV, "70000")
+    monkeypatch.delenv(options.SERVE_PORT_ENV, raising=False)
+    monkeypatch.delenv(options.SERVE_ADDRESS_ENV, raising=False)
+    assert (options.serve_address(), options.serve_port()) == ("0.0.0.0", 2379)
+    monkeypatch.setenv(options.SERVE_PORT_ENV, "12379")
+    monkeypatch.setenv(options.SERVE_ADDRESS_ENV, "10.213.0.1")
+    assert (options.serve_address(), options.serve_port()) == ("10.213.0.1", 12379)
+    monkeypatch.setenv(options.SERVE_PORT_ENV, "70000")
     with pytest.raises(serve.UsageError):
-        serve.serve_port()
+        options.serve_port()
 
 
 # --- pure parts -------------------------------------------------------------------------
@@ -254,25 +254,31 @@ def test_unsatisfiable_ranges(header: str) -> None:
     assert info.value.status == 416
 
 
-def test_read_request_parses_and_bounds() -> None:
-    request = read_request(io.BytesIO(b"GET /a%3Ab?x=1 HTTP/1.1\r\nHost: h\r\nRange: bytes=1-\r\n\r\n"))
-    assert request is not None
-    assert (request.method, request.path, request.headers["range"], request.keep_alive) == ("GET", "/a:b", "bytes=1-", True)
-    assert read_request(io.BytesIO(b"")) is None
-    for bad, status in [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400),
-    ]:
-        with pytest.raises(HttpError) as info:
-            read_request(io.BytesIO(bad))
-        assert info.value.status == status
+def _raw(port: int, context: ssl.SSLContext, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(request)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
 
 
-def test_http_1_0_closes_unless_asked() -> None:
-    request = read_request(io.BytesIO(b"GET / HTTP/1.0\r\n\r\n"))
-    assert request is not None and not request.keep_alive
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+    (f"POST {PATH} HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".encode(), 405),
+    (f"GET {PATH} HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".encode(), 400),
+])
+def test_bad_requests_are_bounded_and_refused(server: serve.SnapshotServer, mtls, request_bytes: bytes,  # type: ignore[no-untyped-def]
+                                              status: int) -> None:
+    answer = _raw(server.port, mtls, request_bytes)
+    assert answer.startswith(b"HTTP/1.") and answer.split(b" ", 2)[1] == str(status).encode()
+
+
+def test_http_1_0_closes_unless_asked(server: serve.SnapshotServer, node, mtls) -> None:  # type: ignore[no-untyped-def]
+    answer = _raw(server.port, mtls, f"GET {PATH} HTTP/1.0\r\n\r\n".encode())  # recv ends: the server closed
+    assert answer.split(b" ", 2)[1] == b"200" and answer.endswith(node[1])
 
 
 def test_subject_text() -> None:
@@ -285,9 +291,11 @@ def test_many_clients_at_once_are_bounded(node, etcd_ssl: RkeSsl, mtls, monkeypa
     monkeypatch.setattr(serve, "MAX_CLIENTS", 2)
     with running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key) as srv:
         idle = [mtls.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10)) for _ in range(2)]
-        third = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        assert third.recv(10) == b""  # closed at once: no handshake for the third
-        third.close()
+        for sock in idle:  # verified: each holds a peer slot
+            sock.sendall(b"HEAD " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        # A third verified client finds every slot busy: 503, try again.
+        assert fetch(srv.port, PATH, context=mtls)[0] == 503
         for sock in idle:
             sock.close()
         time.sleep(0.2)
@@ -298,3 +306,31 @@ def test_many_clients_at_once_are_bounded(node, etcd_ssl: RkeSsl, mtls, monkeypa
         for t in threads:
             t.join()
         assert results == [200, 200]
+
+
+def test_idle_connections_without_certificates_never_starve_a_peer(node, etcd_ssl: RkeSsl, mtls) -> None:  # type: ignore[no-untyped-def]
+    """200 idle TCP connections and 50 reconnecting ones, all from loopback like the peer."""
+    with running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(200)]
+        stop = threading.Event()
+
+        def reconnect() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", srv.port), timeout=2):
+                    time.sleep(0.05)
+
+        churn = [threading.Thread(target=reconnect, daemon=True) for _ in range(50)]
+        for t in churn:
+            t.start()
+        try:
+            started = time.monotonic()
+            status, _, body = fetch(srv.port, PATH, context=mtls)
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            for t in churn:
+                t.join()
+            for sock in idle:
+                sock.close()
+    assert status == 200 and body == node[1]
+    assert took < 2, f"a real peer waited {took:.2f}s behind unauthenticated connections"
