@@ -39,7 +39,7 @@ from sidekick.errors import SidekickError
 from sidekick.etcd.archive import file_sha256
 from sidekick.etcd.budgets import S3_CONNECT, S3_REQUEST, S3_TRANSFER, Budgets
 from sidekick.host.files import atomic_output
-from sidekick.host.guard import Guard
+from sidekick.host.guard import Guard, bounded
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 
@@ -306,8 +306,8 @@ class S3Store:
         try:
             return self.policy.run(call, what=what, stop=self.stop, retryable=_retryable, budget=self.phase,
                                    on_retry=lambda n, err, wait: log.warning(
-                                       f"{what} failed: {err}, retried {n - 1} times",
-                                       extra=kv(retry_in=f"{wait:.1f}s")))
+                                       f"{what} failed, retried {n - 1} times",
+                                       extra=kv(error=str(err), retry_in=f"{wait:.1f}s")))
         except Stopped:
             raise
         except S3Error:
@@ -388,11 +388,11 @@ class S3Store:
         def put(deadline: Deadline) -> None:
             deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
             try:
-                self.client.upload_file(
+                bounded(lambda: self.client.upload_file(
                     str(path), self.config.bucket, key,
                     ExtraArgs={"ContentType": CONTENT_TYPE, "Metadata": metadata},
                     Config=config, Callback=on_bytes,
-                )
+                ))
             except Exception as err:
                 cause = err.__cause__ if err.__cause__ is not None and type(err).__name__ == "S3UploadFailedError" \
                     else err
@@ -521,8 +521,8 @@ class S3Store:
             deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
             with atomic_output(dest, mode=0o600) as pending:
                 try:
-                    self.client.download_fileobj(self.config.bucket, key, pending.file, Config=config,
-                                                 Callback=on_bytes)
+                    bounded(lambda: self.client.download_fileobj(self.config.bucket, key, pending.file,
+                                                                    Config=config, Callback=on_bytes))
                 except Exception as err:
                     raise _error(f"failed to download {key}", err) from None
                 pending.file.flush()

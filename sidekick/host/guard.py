@@ -24,12 +24,17 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar, cast
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.host.signals import StopRequest
 
+T = TypeVar("T")
 POLL = 0.05  # seconds between looks at the stop event
+GRACE = 2.0  # seconds a cancelled step gets to notice before :meth:`Guard.call` gives up on it
 
 _lock = threading.Lock()
 _sockets: dict[int, tuple[object, ...]] = {}  # fd -> peer address at connect time
@@ -78,6 +83,13 @@ def track_process(process: subprocess.Popen[bytes]) -> None:
             guard.processes.append(process)
 
 
+def bounded(fn: Callable[[], T]) -> T:
+    """``fn()`` under the innermost active guard's :meth:`Guard.call` (or plainly, if none)."""
+    with _lock:
+        guard = _active[-1] if _active else None
+    return fn() if guard is None else guard.call(fn)
+
+
 class Guard:
     """``with Guard(deadline, stop): step()`` -- see the module docstring."""
 
@@ -107,6 +119,39 @@ class Guard:
             raise Stopped(f"{self.deadline.what} interrupted by a stop request") from None
         if self.tripped == "deadline" and not isinstance(err, DeadlineExceeded | Stopped):
             raise self.deadline.exceeded() from None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on a worker thread and give up on it :data:`GRACE` seconds after a trip.
+
+        For library calls that may wait on their own threads rather than on a socket (an
+        s3transfer transfer whose worker failed oddly): cancelled sockets end most steps at
+        once, and this bounds the rest. An abandoned worker is a daemon thread whose sockets
+        are already shut down.
+        """
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def work() -> None:
+            try:
+                outcome.append((True, fn()))
+            except BaseException as err:  # handed to the caller below
+                outcome.append((False, err))
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="guarded", daemon=True).start()
+        tripped_at: float | None = None
+        while not done.wait(POLL):
+            if self.tripped and tripped_at is None:
+                tripped_at = time.monotonic()
+            if tripped_at is not None and time.monotonic() - tripped_at > GRACE:
+                if self.tripped == "stop":
+                    raise Stopped(f"{self.deadline.what} interrupted by a stop request")
+                raise self.deadline.exceeded()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast(T, value)
 
     def _watch(self) -> None:
         while not self._done.is_set():
