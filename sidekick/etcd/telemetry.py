@@ -16,10 +16,14 @@ Where status.json lives, and why there: ``/backup`` is the one directory every e
 container binds (``/opt/rke/etcd-snapshots`` on the host), so ``list`` finds the file wherever
 it runs, and it survives container restarts. RKE and Rancher address snapshots in /backup only
 by name (``/backup/<name>``, ``/backup/<name>.zip``: CONTRACT 3.5-3.10), the checksum container
-reads one named file, rotation parses ``<RFC3339>_...`` names, and every snapshot name is
-refused when it starts with a dot (``validate_name``), so the dot-directory ``.sidekick`` can
-never be taken for a snapshot, served, downloaded, deleted or rotated. The file's temp name
-lives inside that directory too, so the top level of /backup does not change even mid-write.
+reads one named file, rotation parses ``<RFC3339>_...`` names and skips directories, and
+every snapshot name is refused when it starts with a dot (``validate_name``), so the
+dot-directory ``.sidekick`` can never be taken for a snapshot, served, downloaded, deleted or
+rotated. A plain ``ls`` or shell glob does not show it; ``ls -a`` or ``find`` shows one
+directory that matches no snapshot pattern. The file's temp name lives inside that directory
+too, so the top level of /backup does not change even mid-write. Elsewhere would be worse:
+``/etc/kubernetes`` is not bound by every etcd command (extract binds only /backup), and a path
+inside the container dies with it.
 
 status.json is mode 0644 (the directory 0755): it holds timestamps, sizes, counters and short
 cause labels, never an error text, a key or an endpoint, and a monitoring agent on the host
