@@ -37,8 +37,8 @@ again from zero, as Prometheus counters do after a restart.
 The HTTP server is bounded: one thread answers one connection at a time, HTTP/1.0 (one request
 per connection), each connection gets :data:`CONNECTION_DEADLINE` seconds in total before its
 socket is shut down (a timer thread, at most one alive), a queue of :data:`LISTEN_BACKLOG`
-pending connections, and the request size limits of :mod:`http.server` (64 KiB lines, 100
-headers). A port already in use is a warning, not the end of the backups.
+pending connections, :data:`IDLE_TIMEOUT` for any one read or write, and the request size
+limits of :mod:`http.server` (64 KiB lines, 100 headers). A port already in use is a warning, not the end of the backups.
 
 Usage, from the rolling loop::
 
@@ -91,6 +91,7 @@ STAGES = ("snapshot", "upload", "retention", "verify")
 CAUSES = ("etcd_unreachable", "s3_unreachable", "s3_denied", "s3_no_bucket", "timeout", "disk", "corrupt", "other")
 STALE_PERIODS = 2  # /healthz fails when the last success is older than this many creation periods
 CONNECTION_DEADLINE = 10.0  # seconds one HTTP connection may take, in total
+IDLE_TIMEOUT = 5.0  # seconds one socket read or write may wait
 LISTEN_BACKLOG = 8
 METRIC_PREFIX = "sidekick_etcd_backup_"
 # The classic text format, what prometheus_client itself answers a scraper that asks for nothing
@@ -347,7 +348,8 @@ class Telemetry:
         self.listen = address
         self.status_path = status_path or host_path(STATUS_PATH)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the facts
+        self._write_lock = threading.Lock()  # orders status.json writes (the last report wins)
         self._status = Status(started=clock(), updated=clock(),
                               creation_period_seconds=creation_period.total_seconds(), s3_backup=s3_backup)
         self._server: socketserver.TCPServer | None = None
@@ -435,10 +437,12 @@ class Telemetry:
         """The Prometheus exposition of the current facts."""
         from prometheus_client import CollectorRegistry, generate_latest
 
-        if self._registry is None:
-            self._registry = CollectorRegistry(auto_describe=False)
-            self._registry.register(_Collector(self))
-        return bytes(generate_latest(self._registry))
+        with self._write_lock:
+            if self._registry is None:
+                self._registry = CollectorRegistry(auto_describe=False)
+                self._registry.register(_Collector(self))
+            registry = self._registry
+        return bytes(generate_latest(registry))
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -500,12 +504,13 @@ class Telemetry:
 
     def _write_status(self) -> None:
         """Replace status.json; a failure is a warning (telemetry never stops the backups)."""
-        text = self.status().to_json(self._clock())
         directory = self.status_path.parent
         try:
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-            remove_leftovers(directory, names=[self.status_path.name])  # a kill -9 mid-write
-            atomic_write(self.status_path, text, mode=STATUS_MODE)
+            with self._write_lock:
+                text = self.status().to_json(self._clock())
+                directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+                remove_leftovers(directory, names=[self.status_path.name])  # a kill -9 mid-write
+                atomic_write(self.status_path, text, mode=STATUS_MODE)
         except OSError as err:
             log.warning("cannot write the status file", extra=kv(path=str(self.status_path),
                                                                  error=err.strerror or str(err)))
@@ -570,7 +575,7 @@ def _serve(address: tuple[str, int], family: socket.AddressFamily, telemetry: Te
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"  # one request per connection: a client cannot hold the thread
-        timeout = CONNECTION_DEADLINE  # per socket operation; the server bounds the total
+        timeout = IDLE_TIMEOUT  # per socket operation; the server bounds the total
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

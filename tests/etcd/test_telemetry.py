@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,19 +298,37 @@ def test_healthz_and_metrics_over_real_http(served: Telemetry, clock: Clock) -> 
     assert get(served, "/other")[0] == 404
 
 
-def test_a_silent_client_cannot_hold_the_server(root: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One thread serves one connection at a time: the deadline frees it from a client that
-    connects and says nothing."""
+def test_a_slow_client_cannot_hold_the_server(root: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread serves one connection at a time: a client that drips its request a byte at a
+    time (never idle long enough for the read timeout) is cut at the connection deadline, and
+    the next client is answered."""
     monkeypatch.setattr(tm, "CONNECTION_DEADLINE", 0.5)
     telemetry = make(clock, address=LOOPBACK)
     telemetry.start()
+    cut = threading.Event()
+
+    def drip(sock: socket.socket) -> None:
+        for _ in range(200):  # 20 s at most
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+            if cut.wait(0.1):
+                break
+        cut.set()
+
     try:
         assert telemetry.url
         port = int(telemetry.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
-            assert get(telemetry, "/healthz")[0] == 200  # answered once the silent one was cut
-            silent.settimeout(10)
-            assert silent.recv(1024) == b""  # the server closed it without an answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            dripper = threading.Thread(target=drip, args=(slow,))
+            dripper.start()
+            try:
+                assert get(telemetry, "/healthz")[0] == 200  # answered once the slow one was cut
+                assert slow.recv(1024) == b""  # the server closed it without an answer
+            finally:
+                cut.set()
+                dripper.join()
     finally:
         telemetry.close()
 
