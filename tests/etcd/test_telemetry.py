@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidekick.errors import UsageError
+from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import telemetry as tm
 from sidekick.etcd.telemetry import (
     CAUSES,
@@ -522,3 +522,54 @@ def test_kill_9_leftovers_are_removed_once_old(root: Path, clock: Clock) -> None
     make(clock).start()
     assert not stale.exists()
     assert fresh.exists()  # young: might be another writer's work in flight
+
+
+@pytest.mark.integration
+def test_real_s3_outage_and_recovery(root: Path, clock: Clock, tmp_path: Path) -> None:
+    """The rolling loop's upload stage against moto: the real S3 errors land under their labels,
+    the upload timestamp stays put while moto is down, /healthz follows."""
+    from sidekick.etcd.s3 import S3Config, S3Store
+    from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+
+    archive = tmp_path / "2024-10-04T12:00:00Z_etcd.zip"
+    archive.write_bytes(os.urandom(4096))
+    server = S3Server(tmp_path / "moto").start()
+    telemetry = make(clock, address=LOOPBACK)
+    telemetry.start()
+
+    def upload(bucket: str) -> None:
+        config = S3Config(endpoint=f"http://{server.endpoint}", bucket=bucket,
+                          access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+        with telemetry.stage("upload"), S3Store(config, connect_timeout=1, read_timeout=2) as store:
+            store.check_bucket()
+            store.upload_file(archive, archive.name, metadata={})
+
+    try:
+        bucket = server.new_bucket()
+        telemetry.stage_succeeded("snapshot", seconds=1, size=archive.stat().st_size)
+        upload(bucket)
+        uploaded = clock.now
+        with pytest.raises(SidekickError):
+            upload("no-such-bucket")
+        server.stop()
+        for _ in range(2):  # two ticks with S3 down
+            clock.advance(P)
+            telemetry.stage_succeeded("snapshot", seconds=1)
+            with pytest.raises(SidekickError):
+                upload(bucket)
+        status = telemetry.status()
+        assert status.stages["upload"].last_success == uploaded  # stayed put
+        assert status.stages["upload"].failures == {"s3_no_bucket": 1, "s3_unreachable": 2}
+        clock.advance(1)
+        code, _, body = get(telemetry, "/healthz")
+        assert code == 503 and body.startswith("stale: last successful upload 24h0m1s ago")
+        server.start()  # same port: S3 is back (moto keeps nothing: the bucket again)
+        server.client().create_bucket(Bucket=bucket)
+        upload(bucket)
+        assert get(telemetry, "/healthz")[0] == 200
+        s = samples(telemetry)
+        assert s[(tm.METRIC_PREFIX + "failures_total", (("cause", "s3_unreachable"), ("stage", "upload")))] == 2
+        assert s[(tm.METRIC_PREFIX + "last_success_timestamp_seconds", (("stage", "upload"),))] == clock.now
+    finally:
+        telemetry.close()
+        server.stop()
