@@ -193,7 +193,21 @@ class StageRecord:
 
 @dataclass
 class Status:
-    """What status.json holds (and what /metrics and /healthz show), as of ``updated``."""
+    """What status.json holds (and what /metrics and /healthz show), as of ``updated``.
+
+    The document (schema 1; times are RFC 3339 UTC strings with microseconds, or null)::
+
+        {"schema": 1, "updated": T, "started": T, "creation_period_seconds": 43200.0,
+         "s3_backup": true, "healthy": true, "reason": "ok: ...",
+         "snapshot_size_bytes": 123 | null, "deleted_objects_total": 0,
+         "stages": {"snapshot" | "upload" | "retention" | "verify": {
+             "last_success": T, "last_attempt": T, "last_attempt_ok": true | false | null,
+             "last_duration_seconds": 1.5 | null, "last_failure": T,
+             "last_failure_cause": "<one of CAUSES>" | null, "failures": {"<cause>": 2}}}}
+
+    ``healthy``/``reason`` are as of ``updated``; a reader should judge again with its own
+    clock (:meth:`health`), since a hung writer stops updating the file.
+    """
 
     started: float
     updated: float
@@ -405,17 +419,20 @@ class Telemetry:
         return label
 
     @contextlib.contextmanager
-    def stage(self, stage: str) -> Iterator[Outcome]:
+    def stage(self, stage: str, *, ignore: tuple[type[BaseException], ...] = ()) -> Iterator[Outcome]:
         """Time the block and report it: success, or the exception's cause (re-raised).
 
-        BaseExceptions that are not Exceptions (a stop, an interrupt) are not failures and are
-        not reported; neither is anything the caller catches inside the block.
+        Exceptions of the ``ignore`` types (a stop modelled as an exception) and BaseExceptions
+        that are not Exceptions (an interrupt) are neither successes nor failures: nothing is
+        reported; neither is anything the caller catches inside the block.
         """
         _check_stage(stage)
         outcome = Outcome()
         began = time.monotonic()
         try:
             yield outcome
+        except ignore:
+            raise
         except Exception as err:
             self.stage_failed(stage, err)
             raise

@@ -229,6 +229,8 @@ def test_the_stage_block_reports_success_or_the_exceptions_cause(root: Path, clo
         raise OSError(errno.EROFS, "Read-only file system")
     with pytest.raises(KeyboardInterrupt), telemetry.stage("upload"):
         raise KeyboardInterrupt  # a stop is not a failure
+    with pytest.raises(LookupError), telemetry.stage("upload", ignore=(LookupError,)):
+        raise KeyError("a stop the caller models as an exception")
     status = telemetry.status()
     snap = status.stages["snapshot"]
     assert snap.last_success == T0 and snap.last_duration_seconds is not None and snap.last_duration_seconds >= 0
