@@ -25,13 +25,7 @@ FORMATS = ("text", "json")
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._/@^+")
 _MIN_SECRET_LEN = 4
 _secrets: set[str] = set()
-# RFC 8259 section 7: the quote, the backslash and the control characters must be escaped.
-_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)} | {
-    ord('"'): '\\"',
-    ord("\\"): "\\\\",
-    ord("\n"): "\\n",
-    ord("\t"): "\\t",
-}
+_json_escapes: dict[int, str] = {}  # built on the first JSON line: text mode never pays for it
 # Field keys that would overwrite the line's own keys get logrus's ``fields.`` prefix.
 _RESERVED = frozenset({"time", "level", "msg"})
 
@@ -86,7 +80,11 @@ def quote(value: object) -> str:
 
 
 def _json_string(text: str) -> str:
-    return '"' + text.translate(_JSON_ESCAPES) + '"'
+    if not _json_escapes:
+        # RFC 8259 section 7: the quote, the backslash and the control characters.
+        _json_escapes.update({i: f"\\u{i:04x}" for i in range(0x20)})
+        _json_escapes.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t"})
+    return '"' + text.translate(_json_escapes) + '"'
 
 
 def _json_value(value: object) -> str:
