@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, _, func_name = tool.target.partition(":")
     try:
+        logline.check_format()
         __import__(module_name)
         if "logging" in sys.modules:  # the tool logs: give it the logrus handler first
             from sidekick import log

@@ -2,6 +2,9 @@
 
 RKE shows users the last stderr line of a failed helper, so every line is self-contained:
 ``time="2024-10-04T12:00:00Z" level=info msg="snapshot saved" name=x size=123``.
+With ``SIDEKICK_LOG_FORMAT=json`` the same line is one JSON object with the same keys,
+``{"time":"2024-10-04T12:00:00Z","level":"info","msg":"snapshot saved","name":"x","size":123}``,
+for log collectors (the format is chosen per line by :func:`sidekick.logline.format_line`).
 
 Secrets are scrubbed at the formatter, the one place every line passes through: values
 registered with :func:`register_secret` and any PEM block are replaced by ``REDACTED``, so a
@@ -39,10 +42,10 @@ class LogrusFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
         fields = getattr(record, "fields", None) or {}
-        line = format_line(level, record.getMessage(), dict(fields), record.created)
+        trace = None
         if record.exc_info and record.levelno <= logging.DEBUG:
-            line += "\n" + redact(self.formatException(record.exc_info))
-        return line
+            trace = self.formatException(record.exc_info)
+        return format_line(level, record.getMessage(), dict(fields), record.created, trace=trace)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
