@@ -24,16 +24,15 @@ moves the EC2 metadata service; see :mod:`sidekick.cloud_provider` for Azure's.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from sidekick import logline
+from sidekick.argv import ExecFn, has_flag
 from sidekick.errors import SidekickError, UsageError
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms here; mypy knows this name
 if TYPE_CHECKING:
     import logging
-
-ExecFn = Callable[[list[str]], int]
 
 AZURE_COMPONENTS = frozenset({"kubelet", "kube-apiserver", "kube-controller-manager"})
 IPTABLES_COMPONENTS = frozenset({"kubelet", "kube-proxy"})
@@ -43,16 +42,6 @@ USAGE = "usage: entrypoint.sh COMMAND [ARGS...]"
 
 
 # --- decisions -----------------------------------------------------------------------
-def flag_values(args: Sequence[str], name: str) -> list[str]:
-    """Every value of ``--name=value`` (``--name`` alone counts as an empty value), in order."""
-    prefix = name + "="
-    return [a[len(prefix) :] if a.startswith(prefix) else "" for a in args if a == name or a.startswith(prefix)]
-
-
-def has_flag(args: Sequence[str], name: str) -> bool:
-    return bool(flag_values(args, name))
-
-
 def wants_azure(args: Sequence[str]) -> bool:
     """The original grepped the whole command line for ``cloud-provider=azure``."""
     return bool(args) and args[0] in AZURE_COMPONENTS and any("cloud-provider=azure" in a for a in args)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sidekick import paths
-from sidekick.entrypoint import ExecFn, flag_values
+from sidekick.argv import ExecFn, flag_values
 from sidekick.host.docker import DockerEngine, DockerInfo
 from sidekick.host.files import atomic_symlink, atomic_write
 from sidekick.host.kernel import Kernel, process_running

@@ -45,6 +45,7 @@ from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
+from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
@@ -75,6 +76,13 @@ class Saver:
     budgets: Budgets = field(default_factory=Budgets)
     store_factory: Callable[..., S3Store] = S3Store
     progress_interval: float = 5.0
+    telemetry: Telemetry | None = None
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager[Outcome]:
+        """Report a rolling stage to the telemetry, when it is on (a stop is no failure)."""
+        if self.telemetry is None:
+            return contextlib.nullcontext(Outcome())
+        return self.telemetry.stage(name, ignore=(Stopped,))
 
     @property
     def backup_dir(self) -> Path:
@@ -198,18 +206,20 @@ class Saver:
         progress.finish(size=snap.archive.size, sha256=snap.archive.sha256)
         log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
 
-    def s3_retention(self, store: S3Store, tick: dt.datetime) -> None:
+    def s3_retention(self, store: S3Store, tick: dt.datetime) -> int:
+        """Delete the expired snapshots of the bucket (folder); return how many went."""
         folder = store.config.folder
         prefix = f"{folder}/" if folder else ""
         keys = (o.key for o in store.list_objects(prefix, recursive=False))
         expired = retention.s3_expired(keys, folder=folder, tick=tick, retention=self.opts.retention)
         if not expired:
             log.info("no expired S3 snapshots", extra=kv(retention=format_go_duration(self.opts.retention)))
-            return
+            return 0
         started = time.monotonic()
         deleted = store.delete_keys(expired)
         log.info("deleted expired S3 snapshots", extra=kv(count=len(deleted), refused=len(expired) - len(deleted),
                                                         seconds=f"{time.monotonic() - started:.2f}"))
+        return len(deleted)
 
     # --- local retention --------------------------------------------------------------------
     def _local_files(self) -> list[retention.LocalFile]:
@@ -224,7 +234,8 @@ class Saver:
                                                  is_file=entry.is_file(follow_symlinks=False)))
         return files
 
-    def _delete_local(self, names: list[str]) -> None:
+    def _delete_local(self, names: list[str]) -> int:
+        deleted = 0
         for name in names:
             try:
                 (self.backup_dir / name).unlink()
@@ -233,10 +244,13 @@ class Saver:
             except OSError as err:
                 log.warning("Delete local backup failed", extra=kv(name=name, error=err.strerror))
                 continue
+            deleted += 1
             log.info("Deleted local backup", extra=kv(name=name))
+        return deleted
 
-    def local_retention(self, tick: dt.datetime) -> None:
-        self._delete_local(retention.local_expired(self._local_files(), tick=tick, retention=self.opts.retention))
+    def local_retention(self, tick: dt.datetime) -> int:
+        return self._delete_local(retention.local_expired(self._local_files(), tick=tick,
+                                                          retention=self.opts.retention))
 
     def rancher_retention(self, name: str) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -280,19 +294,25 @@ class Saver:
             log.warning("Error while trying to retrieve cluster state from cluster",
                         extra=kv(name=name, error=str(err)))
         self.checkpoint()
-        snap = self.take_snapshot(name)
+        with self.stage("snapshot") as outcome:
+            snap = self.take_snapshot(name)
+            outcome.size = snap.archive.size
         self.checkpoint()
-        self.local_retention(when)
-        if not self.opts.s3_backup:
-            return
+        with self.stage("retention") as outcome:
+            outcome.deleted = self.local_retention(when)
+            if not self.opts.s3_backup:
+                return
         self.checkpoint()
-        with self.s3() as store:
-            self.upload(store, snap)
+        with contextlib.ExitStack() as stack:
+            with self.stage("upload"):
+                store = stack.enter_context(self.s3())
+                self.upload(store, snap)
             self.checkpoint()
-            try:
-                self.s3_retention(store, when)
-            except S3Error as err:
-                raise SidekickError(f"S3 retention failed: {err}") from None
+            with self.stage("retention") as outcome:
+                try:
+                    outcome.deleted = self.s3_retention(store, when)
+                except S3Error as err:
+                    raise SidekickError(f"S3 retention failed: {err}") from None
 
     def rolling(self) -> int:
         creation = self.opts.creation.total_seconds()
@@ -350,7 +370,10 @@ def prepare_backup_dir() -> Path:
 def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     _validate(opts)
     prepare_backup_dir()
-    with stop_on_signals() as stop:
-        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts))
+    telemetry = None if opts.once else Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
+    with stop_on_signals() as stop, telemetry or contextlib.nullcontext():
+        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry)
+        if telemetry is not None:
+            telemetry.start()
         saver.clean_leftovers()
         return saver.once() if opts.once else saver.rolling()

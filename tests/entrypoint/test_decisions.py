@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from sidekick import entrypoint, kubelet
+from sidekick import argv, entrypoint, kubelet
 from sidekick.host.docker import DockerInfo
 from sidekick.host.mounts import Mount, mount_flags, parse_mountinfo, remount_data
 from sidekick.kubelet import (
@@ -47,9 +47,9 @@ def facts(**overrides: object) -> Facts:
 # --- flags -----------------------------------------------------------------------------
 def test_flag_values_handle_empty_values_repeats_and_prefixes() -> None:
     args = ["--cloud-provider=", "--cloud-provider-x=1", "--v=2", "--cloud-provider=aws", "--cloud-provider"]
-    assert entrypoint.flag_values(args, "--cloud-provider") == ["", "aws", ""]
-    assert entrypoint.has_flag(["--hostname-override="], "--hostname-override")
-    assert not entrypoint.has_flag(["--hostname-override-x=a"], "--hostname-override")
+    assert argv.flag_values(args, "--cloud-provider") == ["", "aws", ""]
+    assert argv.has_flag(["--hostname-override="], "--hostname-override")
+    assert not argv.has_flag(["--hostname-override-x=a"], "--hostname-override")
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -530,6 +530,7 @@ def test_kill_9_leftovers_are_removed_once_old(root: Path, clock: Clock) -> None
 def test_real_s3_outage_and_recovery(root: Path, clock: Clock, tmp_path: Path) -> None:
     """The rolling loop's upload stage against moto: the real S3 errors land under their labels,
     the upload timestamp stays put while moto is down, /healthz follows."""
+    from sidekick.etcd.budgets import Budgets
     from sidekick.etcd.s3 import S3Config, S3Store
     from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -542,7 +543,7 @@ def test_real_s3_outage_and_recovery(root: Path, clock: Clock, tmp_path: Path) -
     def upload(bucket: str) -> None:
         config = S3Config(endpoint=f"http://{server.endpoint}", bucket=bucket,
                           access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-        with telemetry.stage("upload"), S3Store(config, connect_timeout=1, read_timeout=2) as store:
+        with telemetry.stage("upload"), S3Store(config, budgets=Budgets(retry_wait=0.1, scale=0.05)) as store:
             store.check_bucket()
             store.upload_file(archive, archive.name, metadata={})
 

@@ -1,0 +1,21 @@
+"""Flags in a Kubernetes component's argv, as RKE renders them (``--k=v``, in any order).
+
+Shared by the entrypoint and the kubelet preparation; import-light, for the entrypoint's
+hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+ExecFn = Callable[[list[str]], int]
+
+
+def flag_values(args: Sequence[str], name: str) -> list[str]:
+    """Every value of ``--name=value`` (``--name`` alone counts as an empty value), in order."""
+    prefix = name + "="
+    return [a[len(prefix) :] if a.startswith(prefix) else "" for a in args if a == name or a.startswith(prefix)]
+
+
+def has_flag(args: Sequence[str], name: str) -> bool:
+    return bool(flag_values(args, name))
