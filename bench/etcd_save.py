@@ -128,10 +128,10 @@ def _field(stderr: str, msg: str, name: str) -> float:
 def _retention_rows(s3: object) -> list[Row]:
     from sidekick.etcd.options import Options
     from sidekick.etcd.retention import rolling_name
-    from sidekick.etcd.retry import StopFlag
     from sidekick.etcd.s3 import S3Config, S3Store
     from sidekick.etcd.save import Saver
     from sidekick.host.proc import Runner
+    from sidekick.host.signals import StopRequest
     from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
     assert isinstance(s3, S3Server)
@@ -153,7 +153,7 @@ def _retention_rows(s3: object) -> list[Row]:
 
     bucket = fill()
     store = S3Store(S3Config(endpoint=s3.url, bucket=bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY))
-    saver = Saver(Options(retention=dt.timedelta(hours=24), s3_bucket_name=bucket), Runner(), StopFlag())
+    saver = Saver(Options(retention=dt.timedelta(hours=24), s3_bucket_name=bucket), Runner(), StopRequest())
     start = time.perf_counter()
     saver.s3_retention(store, tick)  # list (paginated) + DeleteObjects batches
     ours = time.perf_counter() - start

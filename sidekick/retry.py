@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
-from sidekick.errors import SidekickError
 from sidekick.host.guard import Guard
 
 if TYPE_CHECKING:
@@ -102,6 +101,14 @@ class Policy:
                     raise Stopped(f"{what} interrupted by a stop request") from None
 
 
-def _spent(err: Exception, what: str, attempts: int, total: Deadline) -> SidekickError:
+class BudgetSpent(DeadlineExceeded):
+    """The budget left no room for another attempt; ``last`` is the last attempt's error."""
+
+    def __init__(self, message: str, last: Exception) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+def _spent(err: Exception, what: str, attempts: int, total: Deadline) -> BudgetSpent:
     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    return DeadlineExceeded(f"{what} did not succeed within {total.seconds:g}s ({tries}): {err}")
+    return BudgetSpent(f"{what} did not succeed within {total.seconds:g}s ({tries}): {err}", err)

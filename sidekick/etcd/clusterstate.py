@@ -1,10 +1,8 @@
 """The cluster state for rolling snapshots: secret ``kube-system/full-cluster-state``.
 
-The original shelled out to kubectl with ``/etc/kubernetes/ssl/kubecfg-kube-node.yaml`` (5
-tries, 15 s apart, so a missing kubectl delayed every tick by a minute, CONTRACT 12). Here one
-HTTPS GET with the kubeconfig's client certificate and CA, within the state budget;
-the secret's ``data.full-cluster-state`` (base64 JSON) becomes
-``/etc/kubernetes/<name>.rkestate``, indented by 2 spaces as the Go tool's ``json.Indent``.
+One HTTPS GET with the client certificate and CA of ``/etc/kubernetes/ssl/kubecfg-kube-node.yaml``,
+within the state budget of :mod:`sidekick.etcd.budgets` (no kubectl needed); the secret's ``data.full-cluster-state`` (base64 JSON) becomes
+``/etc/kubernetes/<name>.rkestate``, indented by 2 spaces (the layout RKE's restore reads).
 Clusters from before the move to a secret keep the state in a ConfigMap of the same name
 (plain text): that is the fallback on 404. The state holds every cluster key: its content is
 never logged.

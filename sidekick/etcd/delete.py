@@ -3,9 +3,9 @@
 Without ``--cleanup``: remove ``/backup/N.zip`` and ``/backup/N``, then with ``--s3-backup`` the
 objects of that snapshot in the bucket (``[folder/]N`` and ``[folder/]N.<ext>``, one
 DeleteObjects call per 1,000 keys). With ``--cleanup`` (after a restore): remove only
-``/backup/N``, and only when ``/backup/N.zip`` exists; never S3 objects. The original fell
-through to the S3 prefix delete when the zip was absent (CONTRACT 10.2, 12) and deleted every
-key that merely started with the name (``tiny1`` took ``tiny10.zip`` along).
+``/backup/N``, and only when ``/backup/N.zip`` exists; never S3 objects. Only the snapshot's
+own keys are deleted, never another snapshot whose name merely starts with ``N``
+(docs/differences.md).
 """
 
 from __future__ import annotations

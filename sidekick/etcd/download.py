@@ -44,7 +44,7 @@ from sidekick.etcd.verified import Digest
 from sidekick.host.files import atomic_output, remove_leftovers
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
-from sidekick.retry import Policy
+from sidekick.retry import BudgetSpent, Policy
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,11 @@ class PeerDownload:
                             retryable=lambda err: isinstance(err, Transient | DeadlineExceeded))
         except (Transient, DeadlineExceeded) as err:
             tries = "1 attempt" if attempts[0] == 1 else f"{attempts[0]} attempts"
+            cause: Exception = err
+            if isinstance(err, BudgetSpent):
+                tries, cause = f"{tries} in {total.seconds:.0f}s", err.last
             raise SidekickError(f"failed to download snapshot {self.peer.name} from {self.peer.url} after "
-                                f"{tries}: {err}") from None
+                                f"{tries}: {cause}") from None
 
     def _connect(self) -> http.client.HTTPSConnection:
         """A connection whose server chain is verified before anything is sent."""

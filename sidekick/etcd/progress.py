@@ -1,7 +1,7 @@
 """Progress lines for long steps (snapshot, archive, upload, download).
 
-The original logged nothing between "invoking" and "done", so a slow S3 or a full disk looked
-like a hang (rancher/rancher#21675, #30662). A :class:`Progress` logs at most one line every
+A slow S3 or a full disk must not look like a hang (rancher/rancher#21675, #30662): a
+:class:`Progress` logs at most one line every
 ``interval`` seconds with bytes done, the total when known and the rate, and a final line with
 size, duration and (when given) the SHA-256. It is thread-safe: boto3 calls back from its
 transfer threads.

@@ -50,6 +50,7 @@ from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
+from sidekick.retry import BudgetSpent
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,11 @@ class Saver:
                               retryable=lambda err: isinstance(err, EtcdError | DeadlineExceeded),
                               on_retry=lambda n, err, wait: log.info(
                                   "retrying the snapshot", extra=kv(name=name, attempt=n + 1, wait=f"{wait:.1f}s")))
+        except BudgetSpent as err:
+            raise SidekickError(f"failed to take etcd snapshot {name} after {attempts[0]} attempts "
+                                f"in {policy.budget:g}s: {err.last}") from None
         except (EtcdError, DeadlineExceeded) as err:
-            cause = err.__cause__ if isinstance(err, DeadlineExceeded) and err.__cause__ else err
-            raise SidekickError(f"failed to take etcd snapshot {name} after {attempts[0]} attempts: {cause}") from None
+            raise SidekickError(f"failed to take etcd snapshot {name} after {attempts[0]} attempts: {err}") from None
 
     def _attempt(self, ctl: Etcdctl, name: str) -> Snapshot:
         ctl.health()

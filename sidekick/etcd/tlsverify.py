@@ -1,7 +1,7 @@
 """Trusting the peer that serves a snapshot: its chain, not its host name or purpose.
 
-The original downloader sets ``InsecureSkipVerify`` and so takes a snapshot from anyone who
-answers on the peer's address. Verifying properly has to fit what RKE deploys (CONTRACT 12):
+A snapshot must come only from a node of this cluster, and verifying that has to fit what
+RKE deploys (CONTRACT 12):
 ``serve`` presents ``kube-node.pem``, a CLIENT-auth-only certificate without SANs, and the
 peer is dialled by its internal IP. OpenSSL's client-side verification insists on the
 server purpose (``unsuitable certificate purpose``) and Python's ``ssl`` cannot relax that,

@@ -1,8 +1,7 @@
 """Remember that a file's content was verified, so the next ``serve`` need not re-read it.
 
-The original re-extracted ``/backup/<name>`` from the zip on every ``serve`` start (3 s for a
-1 GB snapshot), and RKE declares a serve container dead when it is not running 5 s after
-start. Once our extraction or download has verified a file (zip CRC, SHA-256), the digests
+RKE declares a serve container dead when it is not running 5 s after start, and extracting a
+1 GB snapshot takes seconds. Once our extraction or download has verified a file (zip CRC, SHA-256), the digests
 are stored in a ``user.`` extended attribute ON THE FILE ITSELF, together with its size and
 mtime: the record disappears with the file (``delete`` needs to know nothing about it), and
 any later write changes the mtime and invalidates it. Without xattr support (some overlay or

@@ -8,7 +8,13 @@ import pytest
 
 from sidekick.errors import UsageError
 from sidekick.etcd import cli
-from sidekick.etcd.options import Options, format_go_duration, parse_go_duration, validate_name
+from sidekick.etcd.options import (
+    Options,
+    format_go_duration,
+    parse_go_duration,
+    retry_wait_from_env,
+    validate_name,
+)
 from tests.harness.etcd_backup import rke_save_argv
 
 
@@ -202,3 +208,44 @@ def test_help_mentions_every_flag(called: list[tuple[str, Options]], capsys: pyt
                  "--backup-retries", "--s3-retries"):
         assert flag in out
     assert called == []
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("--backup-retries=10000000000",), "--backup-retries=10000000000 is more than 100 retries"),
+    (("--s3-retries=101",), "--s3-retries=101 is more than 100 retries"),
+    (("--name", "n" * 224), "at most 223 fit in file names on /backup"),
+])
+def test_bounds_are_checked_before_any_work(called: list[tuple[str, Options]], argv: tuple[str, ...],
+                                            message: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path))
+    with pytest.raises(UsageError, match=message):
+        cli.main(["etcd-backup", "save", "--once", *argv])
+    assert called == []
+    parse(called, "etcd-backup", "save", "--once", "--name", "n" * 223, "--backup-retries=100")
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("SIDEKICK_RETRY_WAIT", "1e9", "between 0 and 300 seconds"),
+    ("SIDEKICK_RETRY_WAIT", "-1", "between 0 and 300 seconds"),
+    ("SIDEKICK_RETRY_WAIT", "soon", "not a number"),
+    ("SIDEKICK_BUDGET_SCALE", "0", "between 0.001 and 100"),
+    ("SIDEKICK_BUDGET_SCALE", "nan", "between 0.001 and 100"),
+])
+def test_time_settings_are_bounded(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
+    from sidekick.etcd.budgets import Budgets
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(UsageError, match=message):
+        Budgets.from_options(Options(retry_wait=retry_wait_from_env()))
+
+
+def test_etcdctl_never_inherits_s3_or_cloud_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidekick.etcd.etcdctl import Etcdctl
+
+    monkeypatch.setenv("S3_SECRET_KEY", "c2VjcmV0")
+    monkeypatch.setenv("S3_ACCESS_KEY", "YWNjZXNz")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
+    monkeypatch.setenv("ETCDCTL_DIAL_TIMEOUT", "3s")
+    env = Etcdctl._env()
+    assert not [k for k in env if k.startswith(("S3_", "AWS_"))]
+    assert env["ETCDCTL_API"] == "3" and env["ETCDCTL_DIAL_TIMEOUT"] == "3s"
