@@ -40,13 +40,14 @@ from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import layout, retention
 from sidekick.etcd.archive import ArchiveResult, write_archive
-from sidekick.etcd.budgets import Budgets
+from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
 from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
+from sidekick.host.lock import exclusive
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
@@ -135,6 +136,7 @@ class Saver:
 
     def _attempt(self, ctl: Etcdctl, name: str) -> Snapshot:
         ctl.health()
+        self.check_space()
         raw = temp_path(self.backup_dir / name)
         try:
             progress = Progress(log, "etcd snapshot", interval=self.progress_interval, name=name)
@@ -171,6 +173,19 @@ class Saver:
         log.info("Created local backup", extra=kv(name=name, path=layout.archive_entry(name), size=result.size,
                                                   snapshot_sha256=snapshot_sha, archive_sha256=result.sha256))
         return Snapshot(name, result)
+
+    def check_space(self) -> None:
+        """Refuse to start a snapshot that cannot fit: the last one's size (and its archive)
+        times a margin must be free, else one line says how much is needed and what is there."""
+        last = layout.last_snapshot_size(self.backup_dir)
+        if last is None:
+            return
+        need = int(last * SPACE_MARGIN)
+        st = os.statvfs(self.backup_dir)
+        have = st.f_bavail * st.f_frsize
+        if have < need:
+            raise SidekickError(f"not enough space for a snapshot: need {_mb(need)}, have {_mb(have)} "
+                                f"on {layout.BACKUP_DIR}")
 
     # --- S3 -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -266,7 +281,16 @@ class Saver:
             log.info("removed a leftover of an interrupted run", extra=kv(name=path.name))
 
     # --- the two modes ----------------------------------------------------------------------
+    def one_at_a_time(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """The node's run lock: a second save or prune waits for this one (within a bound)."""
+        return exclusive(layout.lock_path(), wait=self.budgets.seconds(LOCK_WAIT), stop=self.stop, what=what,
+                         note=f"{what} (pid {os.getpid()})")
+
     def once(self) -> int:
+        with self.one_at_a_time(f"save --once {self.opts.name}".rstrip()):
+            return self._once()
+
+    def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
         try:
@@ -327,7 +351,8 @@ class Saver:
                 break
             when = dt.datetime.now(dt.UTC).replace(microsecond=0)
             try:
-                self.tick(when)
+                with self.one_at_a_time("rolling snapshot"):
+                    self.tick(when)
             except Stopped:
                 break
             except SidekickError as err:
@@ -342,6 +367,10 @@ class Saver:
                 next_tick += creation * ((now - next_tick) // creation + 1)
         log.info("stopped", extra=kv(reason=self.stop.signal_name or "stop request"))
         return 0
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.0f} MB" if size >= 10_000_000 else f"{size / 1e6:.1f} MB"
 
 
 def _validate(opts: Options) -> None:
