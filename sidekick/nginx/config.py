@@ -89,11 +89,13 @@ def _hostname(text: str, item: str) -> str:
 
 
 def port_like_tail(item: str) -> bool:
-    """True when a bare IPv6 item reads as well as ``address:port`` (``fd00::1:6443``).
+    """True when a bare IPv6 item reads as ``address:port`` (``fd00::1:6443``).
 
-    Both readings are valid addresses only when the rest keeps its ``::``; the tail looks like
-    a port when it is written as a 4 or 5 digit decimal number up to 65535 (apiserver ports
-    are 6443, 8443, 16443...). Groups such as ``fd00::1:2`` or ``fd00::10`` stay addresses.
+    That reading needs the rest to be an address with its ``::`` (eight groups leave no room
+    for a port); the tail looks like a port when it is a 4 or 5 digit decimal number up to
+    65535 (apiserver ports are 6443, 8443, 16443...). The item may be a valid address as well
+    (``fd00::1:6443`` is one); short groups such as ``fd00::1:2`` or ``fd00::10`` stay
+    addresses, as RKE sends them.
     """
     head, _, tail = item.rpartition(":")
     if "::" not in head or head.endswith("::") or not _PORT_LIKE.match(tail) or int(tail) > 65535:
@@ -124,16 +126,17 @@ def parse_item(item: str) -> Upstream:
     if item.count(":") > 1:
         # RKE sends a node's InternalAddress as is: a bare IPv6 address carries no port.
         try:
-            address = ipaddress.IPv6Address(item)
+            address: ipaddress.IPv6Address | None = ipaddress.IPv6Address(item)
         except ValueError:
-            raise UsageError(
-                f"CP_HOSTS item {item!r} is not an IPv6 address (write [address]:port for a port)"
-            ) from None
+            address = None
         if port_like_tail(item):
             head, _, tail = item.rpartition(":")
+            also = f" or the address {address.compressed}" if address else ""
             raise UsageError(
-                f"CP_HOSTS item {item!r} is ambiguous: IPv6 address {address.compressed} or "
-                f"{head} with port {tail}; write [{head}]:{tail} for a port or [{item}] for the address")
+                f"CP_HOSTS item {item!r} reads as IPv6 address {head} with port {tail}{also}: "
+                f"write [{head}]:{tail} for a port" + (f" or [{item}] for the address" if address else ""))
+        if address is None:
+            raise UsageError(f"CP_HOSTS item {item!r} is not an IPv6 address (write [address]:port for a port)")
         return Upstream(f"[{address.compressed}]", APISERVER_PORT)
     host, sep, port_text = item.partition(":")
     port = _port(port_text, item) if sep else APISERVER_PORT
