@@ -197,7 +197,7 @@ def test_readyz_verifies_the_certificate_against_kube_ca(verified: ssl.SSLContex
 
 def test_an_unreadable_kube_ca_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "kube-ca.pem").write_text("not a certificate\n")
-    with pytest.raises(SidekickError, match="cannot load .*kube-ca.pem to verify /readyz"):
+    with pytest.raises(SidekickError, match=r"cannot load .*kube-ca\.pem to verify /readyz"):
         probe.tls_context(tmp_path / "kube-ca.pem")
 
 
