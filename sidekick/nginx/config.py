@@ -107,37 +107,46 @@ def port_like_tail(item: str) -> bool:
     return True
 
 
+def _bracketed(item: str) -> Upstream:
+    inside, sep, rest = item[1:].partition("]")
+    if not sep:
+        raise UsageError(f"CP_HOSTS item {item!r}: missing ']' after the IPv6 address")
+    try:
+        address = ipaddress.IPv6Address(inside)
+    except ValueError:
+        raise UsageError(f"CP_HOSTS item {item!r}: {inside!r} is not an IPv6 address") from None
+    if rest and not rest.startswith(":"):
+        raise UsageError(f"CP_HOSTS item {item!r}: unexpected text after ']'")
+    port = _port(rest[1:], item) if rest else APISERVER_PORT
+    return Upstream(f"[{address.compressed}]", port)
+
+
+def _bare_ipv6(item: str) -> Upstream:
+    """RKE sends a node's InternalAddress as is: a bare IPv6 address carries no port."""
+    try:
+        address: ipaddress.IPv6Address | None = ipaddress.IPv6Address(item)
+    except ValueError:
+        address = None
+    if port_like_tail(item):
+        head, _, tail = item.rpartition(":")
+        if address is None:
+            raise UsageError(f"CP_HOSTS item {item!r} reads as IPv6 address {head} with port {tail}: "
+                             f"write [{head}]:{tail} for a port")
+        raise UsageError(f"CP_HOSTS item {item!r} reads as IPv6 address {head} with port {tail} or the "
+                         f"address {address.compressed}: write [{head}]:{tail} for a port or [{item}] for the address")
+    if address is None:
+        raise UsageError(f"CP_HOSTS item {item!r} is not an IPv6 address (write [address]:port for a port)")
+    return Upstream(f"[{address.compressed}]", APISERVER_PORT)
+
+
 def parse_item(item: str) -> Upstream:
     """One ``CP_HOSTS`` item: IPv4, IPv6 (bare or in brackets), or a host name; optional ``:port``."""
     if item != item.strip() or any(ch.isspace() for ch in item):
         raise UsageError(f"CP_HOSTS item {item!r} contains spaces")
     if item.startswith("["):
-        inside, sep, rest = item[1:].partition("]")
-        if not sep:
-            raise UsageError(f"CP_HOSTS item {item!r}: missing ']' after the IPv6 address")
-        try:
-            address = ipaddress.IPv6Address(inside)
-        except ValueError:
-            raise UsageError(f"CP_HOSTS item {item!r}: {inside!r} is not an IPv6 address") from None
-        if rest and not rest.startswith(":"):
-            raise UsageError(f"CP_HOSTS item {item!r}: unexpected text after ']'")
-        port = _port(rest[1:], item) if rest else APISERVER_PORT
-        return Upstream(f"[{address.compressed}]", port)
+        return _bracketed(item)
     if item.count(":") > 1:
-        # RKE sends a node's InternalAddress as is: a bare IPv6 address carries no port.
-        try:
-            address: ipaddress.IPv6Address | None = ipaddress.IPv6Address(item)
-        except ValueError:
-            address = None
-        if port_like_tail(item):
-            head, _, tail = item.rpartition(":")
-            also = f" or the address {address.compressed}" if address else ""
-            raise UsageError(
-                f"CP_HOSTS item {item!r} reads as IPv6 address {head} with port {tail}{also}: "
-                f"write [{head}]:{tail} for a port" + (f" or [{item}] for the address" if address else ""))
-        if address is None:
-            raise UsageError(f"CP_HOSTS item {item!r} is not an IPv6 address (write [address]:port for a port)")
-        return Upstream(f"[{address.compressed}]", APISERVER_PORT)
+        return _bare_ipv6(item)
     host, sep, port_text = item.partition(":")
     port = _port(port_text, item) if sep else APISERVER_PORT
     if not host:
