@@ -55,6 +55,13 @@ TOOLS: dict[str, Tool] = {
 }
 
 
+class _AppletNotFound(SidekickError):
+    exit_code = APPLET_NOT_FOUND
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name}: applet not found")
+
+
 def _usage() -> str:
     width = max(len(name) for name in TOOLS)
     lines = [
@@ -81,13 +88,6 @@ def _select(argv: list[str]) -> tuple[str | None, list[str]]:
     if not rest or rest[0] in {"-h", "--help", "help"}:
         return None, []
     return rest[0], rest[1:]
-
-
-class _AppletNotFound(SidekickError):
-    exit_code = APPLET_NOT_FOUND
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"{name}: applet not found")
 
 
 def main(argv: list[str] | None = None) -> int:

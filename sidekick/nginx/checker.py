@@ -53,6 +53,7 @@ class Checker:
         self.states = {u: HostState(resolved[u]) for u in self.upstreams}
         self.applied = applied
         self.fail_open = False
+        self.unresolved = False  # no member resolves: nothing nginx would load
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(min(len(self.upstreams), MAX_WORKERS), thread_name_prefix="probe")
         self._thread = threading.Thread(target=self._loop, name="health-checker", daemon=True)
@@ -65,8 +66,10 @@ class Checker:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to end and wait up to ``timeout`` (it is a daemon: exit never waits on it)."""
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
@@ -97,9 +100,12 @@ class Checker:
                             extra=kv(up=_hosts(decided.members)))
         members = renderable(decided.members, self.resolved)
         if not members:
-            log.warning("no control-plane host name resolves; the upstream stays as it is",
-                        extra=kv(upstream=_hosts(self.applied)))
+            if not self.unresolved:
+                log.warning("no control-plane host name resolves; the upstream stays as it is",
+                            extra=kv(upstream=_hosts(self.applied)))
+            self.unresolved = True
             return
+        self.unresolved = False
         if members != self.applied:
             self._apply(members)
 

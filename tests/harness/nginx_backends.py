@@ -16,6 +16,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,7 +69,7 @@ class _Server(ThreadingHTTPServer):
         except (OSError, ssl.SSLError):
             return
         with contextlib.closing(tls):
-            self.RequestHandlerClass(tls, client_address, self)
+            _Handler(tls, client_address, self)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class ReadyzBackend:
 
 
 @contextlib.contextmanager
-def _key_files(cert_pem: bytes, key_pem: bytes):  # type: ignore[no-untyped-def]
+def _key_files(cert_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="readyz-backend-") as tmp:
         cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
         cert.write_bytes(cert_pem)
