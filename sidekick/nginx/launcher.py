@@ -10,10 +10,9 @@ The rendered file is checked with ``nginx -t`` as a candidate next to the live f
 then renamed over it, so neither a bad ``CP_HOSTS`` nor a config nginx rejects ever replaces
 the previous working config.
 
-Without health checks (the default) this process becomes nginx (exec). With them, nginx runs
-as its child (:mod:`sidekick.nginx.supervisor`) and a checker thread
-(:mod:`sidekick.nginx.checker`) takes failing control planes out of the upstream and puts
-them back, by reloads.
+Without health checks (the default) this process becomes nginx (exec). With them
+(:mod:`sidekick.nginx.checked`), nginx runs as its child and a checker thread takes failing
+control planes out of the upstream and puts them back, by reloads.
 """
 
 from __future__ import annotations
@@ -22,11 +21,7 @@ import functools
 import logging
 import os
 import shlex
-import signal
-import ssl
-import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,11 +29,8 @@ from sidekick.errors import SidekickError, UsageError
 from sidekick.host.files import atomic_output, remove_leftovers
 from sidekick.host.proc import Runner
 from sidekick.log import kv
-from sidekick.nginx import probe
-from sidekick.nginx.checker import MAX_WORKERS, Checker
 from sidekick.nginx.config import Settings, Upstream, parse_cp_hosts, render, settings_from_env
-from sidekick.nginx.health import HealthSettings, health_from_env
-from sidekick.nginx.supervisor import NginxChild
+from sidekick.nginx.health import health_from_env
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
@@ -47,8 +39,6 @@ NGINX = "nginx"  # the image's nginx, found on PATH (not a host file: no host_pa
 CONF_PATH = "/etc/nginx/nginx.conf"
 PID_PATH = "/run/nginx.pid"
 STREAM_MODULE_FILE = "ngx_stream_module.so"
-KUBE_CA_PATH = "/etc/kubernetes/ssl/kube-ca.pem"
-READY_TIMEOUT = 30.0  # nginx writes its pid file within milliseconds of starting
 
 USAGE = """\
 usage: nginx-proxy [CP_HOSTS=HOST[,HOST...]]
@@ -177,66 +167,14 @@ def prepare(proxy: NginxProxy, upstreams: Sequence[Upstream], settings: Settings
     return text
 
 
-def resolve_at_start(upstreams: Sequence[Upstream], timeout: float) -> dict[Upstream, bool]:
-    """Which hosts resolve now (IP addresses always do); each name gets ``timeout``."""
-
-    def resolves(upstream: Upstream) -> bool:
-        return bool(probe.resolve(upstream, time.monotonic() + timeout))
-
-    with ThreadPoolExecutor(min(len(upstreams), MAX_WORKERS)) as pool:
-        resolved = dict(zip(upstreams, pool.map(resolves, upstreams), strict=True))
-    missing = [u.address for u in upstreams if not resolved[u]]
-    if len(missing) == len(upstreams):
-        raise SidekickError(f"no host in CP_HOSTS resolves ({','.join(missing)}): nothing to proxy to")
-    for address in missing:
-        log.warning("control-plane host name does not resolve; out of the upstream until its health check passes",
-                    extra=kv(host=address))
-    return resolved
-
-
-def probe_tls(mode: str) -> ssl.SSLContext | None:
-    if mode != "readyz":
-        return None
-    ca_file = host_path(KUBE_CA_PATH)
-    context, verified = probe.tls_context(ca_file)
-    if not verified:
-        log.info("kube-ca not found: /readyz probes do not verify the apiserver certificate",
-                 extra=kv(path=ca_file))
-    return context
-
-
-def run_checked(proxy: NginxProxy, upstreams: list[Upstream], settings: Settings, health: HealthSettings) -> int:
-    """nginx as a child with the checker beside it; nginx's exit code."""
-    tls = probe_tls(health.mode)
-    resolved = resolve_at_start(upstreams, health.timeout)
-    first = tuple(u for u in upstreams if resolved[u])
-    prepare(proxy, first, settings, host_count=len(upstreams))
-    child = NginxChild(proxy.argv, proxy.pid_path)
-
-    def apply(members: tuple[Upstream, ...]) -> None:
-        """Check the new upstream with ``nginx -t``, put it in place, reload nginx."""
-        proxy.install(render(members, settings, pid_path=proxy.pid_path, stream_module=proxy.stream_module,
-                             host_count=len(upstreams)))
-        if not child.send(signal.SIGHUP):
-            raise SidekickError("nginx has exited")
-
-    checker = Checker(upstreams, health, probe=functools.partial(probe.probe, timeout=health.timeout, tls=tls),
-                      apply=apply, resolved=resolved, applied=first)
-    with child.forwarding():
-        child.start()
-        if child.wait_ready(READY_TIMEOUT):
-            checker.start()
-        code = child.wait()
-    checker.stop()
-    return code
-
-
 def main(argv: list[str]) -> int:
     upstreams = parse_cp_hosts(cp_hosts_value(argv, os.environ))
     settings = settings_from_env(os.environ)
     health = health_from_env(os.environ)
     proxy = NginxProxy(Runner())
     if health.enabled:
+        from sidekick.nginx.checked import run_checked  # threads, TLS, HTTP: only when asked for
+
         return run_checked(proxy, upstreams, settings, health)
     prepare(proxy, upstreams, settings)
     proxy.exec()

@@ -85,7 +85,8 @@ class NginxChild:
                 if int(self.pid_path.read_text().strip() or 0) == self.pid:
                     return True
             time.sleep(0.02)
-        log.warning("nginx did not write its pid file in time", extra=kv(path=self.pid_path, waited=timeout))
+        log.warning("nginx did not write its pid file in time; no reloads, so no health checks",
+                    extra=kv(path=self.pid_path, waited=timeout))
         return False
 
     def wait(self) -> int:
