@@ -101,6 +101,14 @@ def connect(addresses: list[SockAddr], deadline: float) -> socket.socket:
     raise error
 
 
+def _wait(sock: socket.socket, event: int, deadline: float) -> None:
+    """Until ``sock`` is ready for ``event`` (poll: any descriptor number, unlike select)."""
+    poller = select.poll()
+    poller.register(sock, event)
+    if not poller.poll(_remaining(deadline) * 1000):
+        raise DeadlineExceeded("TLS handshake")
+
+
 def tls_handshake(sock: socket.socket, context: ssl.SSLContext, server_name: str, deadline: float) -> ssl.SSLSocket:
     """The TLS handshake, bounded as a whole (a socket timeout bounds each wait, not the sum).
 
@@ -114,11 +122,9 @@ def tls_handshake(sock: socket.socket, context: ssl.SSLContext, server_name: str
                 tls.do_handshake()
                 return tls
             except ssl.SSLWantReadError:
-                ready = select.select([tls], [], [], _remaining(deadline))[0]
+                _wait(tls, select.POLLIN, deadline)
             except ssl.SSLWantWriteError:
-                ready = select.select([], [tls], [], _remaining(deadline))[1]
-            if not ready:
-                raise DeadlineExceeded("TLS handshake")
+                _wait(tls, select.POLLOUT, deadline)
     except BaseException:
         tls.close()
         raise
