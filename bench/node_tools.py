@@ -146,7 +146,9 @@ def _avoid_rows(work: Path, ca: CertificateAuthority) -> list[Row]:
         off = _time_to_avoid(work, ca, checks=False, failure=failure)
         never = f"never within {AVOID_WINDOW:g} s counted as {AVOID_WINDOW:g} s"
         note = "; ".join(n for n in (f"checks on: {never}" if on is None else "",
-                                      f"checks off: {never}" if off is None else "") if n)
+                                      f"checks off: {never}" if off is None else "",
+                                      "nginx retries a refused connect on the next host" if failure == "refuse" else "")
+                         if n)
         rows.append(Row(f"backend {what} -> new connections avoid it ({CHECKS})",
                         (AVOID_WINDOW if on is None else on) * 1000, "ms", "checks off (passive only)",
                         (AVOID_WINDOW if off is None else off) * 1000, note))
