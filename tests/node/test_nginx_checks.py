@@ -17,6 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sidekick.host.proc import Runner
+from sidekick.nginx.config import Settings, Upstream, render
+from sidekick.nginx.launcher import NginxProxy
 from tests.conftest import SIDEKICK, last_line, run_sidekick
 from tests.harness.nginx_backends import ReadyzBackend, client_context, who
 from tests.harness.nginx_proxy import NginxProxyProcess
@@ -253,6 +256,15 @@ def test_a_thousand_hosts_render_load_and_are_checked(start_proxy: Start, tmp_pa
         assert "upstream changed, nginx reloaded" in checked.log
     finally:
         live.stop()
+
+
+def test_the_zone_holds_a_thousand_of_the_longest_ipv6_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path))
+    hosts = [Upstream(f"[fd00:1234:5678:9abc:def0:1234:5678:{i:04x}]", 65535) for i in range(1000)]
+    proxy = NginxProxy(Runner())
+    proxy.install(render(hosts, Settings("127.0.0.1", free_port(), 100, "1000s"), pid_path=proxy.pid_path,
+                         stream_module=proxy.stream_module))  # nginx -t allocates the zone: it would refuse
+    assert "zone kube_apiserver 4032k;" in (tmp_path / "etc/nginx/nginx.conf").read_text()
 
 
 def _private_resolver(tmp_path: Path, hosts: str) -> tuple[Path, list[str]]:
