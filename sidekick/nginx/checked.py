@@ -24,7 +24,7 @@ from sidekick.nginx.checker import MAX_WORKERS, Checker
 from sidekick.nginx.config import Settings, Upstream, render
 from sidekick.nginx.health import HealthSettings
 from sidekick.nginx.launcher import NginxProxy, prepare
-from sidekick.nginx.supervisor import NginxChild
+from sidekick.nginx.supervisor import NginxChild, block_signals
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def probe_tls(mode: str) -> ssl.SSLContext | None:
 
 def run_checked(proxy: NginxProxy, upstreams: list[Upstream], settings: Settings, health: HealthSettings) -> int:
     """nginx as a child with the checker beside it; nginx's exit code."""
+    block_signals()  # first: every thread started from here on inherits the mask
     tls = probe_tls(health.mode)
     resolved = resolve_at_start(upstreams, health.timeout)
     first = tuple(u for u in upstreams if resolved[u])
@@ -78,10 +79,9 @@ def run_checked(proxy: NginxProxy, upstreams: list[Upstream], settings: Settings
 
     checker = Checker(upstreams, health, probe=functools.partial(probe.probe, timeout=health.timeout, tls=tls),
                       apply=apply, resolved=resolved, applied=first)
-    with child.forwarding():
-        child.start()
-        if child.wait_ready(READY_TIMEOUT):
-            checker.start()
-        code = child.wait()
+    child.start()
+    if child.wait_ready(READY_TIMEOUT):
+        checker.start()
+    code = child.wait()
     checker.stop()
     return code

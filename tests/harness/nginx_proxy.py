@@ -50,7 +50,9 @@ class NginxProxyProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"nginx-proxy exited {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
-            return port_open(self.listen_port)
+            # nginx opens its sockets before it writes its pid file: both, so the port is ours
+            # and the pid is there to read.
+            return self._pid_text().isdigit() and port_open(self.listen_port)
 
         wait_for(listening, timeout=timeout, what="nginx-proxy listening")
         return self
@@ -60,10 +62,16 @@ class NginxProxyProcess:
         assert self.process is not None
         return self.process.pid
 
+    def _pid_text(self) -> str:
+        try:
+            return (self.root / "run/nginx.pid").read_text().strip()
+        except FileNotFoundError:
+            return ""
+
     @property
     def nginx_pid(self) -> int:
         """nginx's master (the tool's own pid without health checks)."""
-        return int((self.root / "run/nginx.pid").read_text().strip())
+        return int(self._pid_text())
 
     @property
     def conf(self) -> str:

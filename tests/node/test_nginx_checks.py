@@ -37,7 +37,7 @@ def start_proxy(tmp_path: Path, kube_ca: CertificateAuthority) -> Iterator[Start
     """``start_proxy(cp_hosts, check="readyz", interval=..., ...)``: a checked nginx-proxy."""
     started: list[NginxProxyProcess] = []
 
-    def start(cp_hosts: str, *, check: str = "readyz", interval: str = "0.3", fall: str = "1", rise: str = "1",
+    def start(cp_hosts: str, *, check: str = "readyz", interval: str = "0.5", fall: str = "1", rise: str = "1",
               wrap: list[str] | None = None, with_kube_ca: bool = True, **env: str) -> NginxProxyProcess:
         root = tmp_path / "root"
         ssl_dir = root / "etc/kubernetes/ssl"
@@ -91,7 +91,7 @@ def test_an_unready_backend_leaves_and_returns_by_reloads(
     assert set(Counter(name for _, name in answers)) == {"cp2", "cp3"}
     assert cp1.served == before
     assert re.search(rf'level=warning msg="control-plane host fails its health check; out of the upstream" '
-                     rf'host="?{re.escape(cp1.address)}"? failures=2 reason="HTTP 500"', proxy.log), proxy.log
+                     rf'host="?{re.escape(cp1.address)}"? failures=2 reason=', proxy.log), proxy.log
 
     cp1.ready = True
     wait_for(lambda: _in_conf(proxy, cp1), timeout=15, what="cp1 back in the rendered upstream")
@@ -137,10 +137,10 @@ def test_no_client_connection_fails_across_membership_changes(
         for _ in range(3):  # cp2 stays ready throughout: at least one backend always is
             cp1.ready = False
             wait_for(lambda: not _in_conf(proxy, cp1), timeout=15, what="cp1 out")
-            time.sleep(0.3)
+            time.sleep(0.5)
             cp1.ready = True
             wait_for(lambda: _in_conf(proxy, cp1), timeout=15, what="cp1 back")
-            time.sleep(0.3)
+            time.sleep(0.5)
     finally:
         stop.set()
         worker.join()
