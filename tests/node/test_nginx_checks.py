@@ -166,8 +166,12 @@ def test_signals_reach_nginx_and_its_exit_code_is_the_tools(
     if action == "SIGTERM to the tool":
         proxy.process.send_signal(signal.SIGTERM)  # docker stop
     else:
+        # nginx writes its pid file before it starts its workers: wait for them, so that none
+        # outlives the test (in a container they would end with it).
+        wait_for(lambda: len(psutil.Process(nginx).children()) == psutil.cpu_count(), timeout=10,
+                 what="nginx's workers (worker_processes auto)")
         workers = psutil.Process(nginx).children()
-        os.kill(nginx, signal.SIGKILL)  # a crash: its workers outlive it here (in a container, not)
+        os.kill(nginx, signal.SIGKILL)  # a crash
         for worker in workers:
             worker.kill()
     assert proxy.process.wait(timeout=15) == code
