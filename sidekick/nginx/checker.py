@@ -5,7 +5,9 @@ every host concurrently, ``MAX_WORKERS`` at a time, each probe bounded by ``time
 round lasts at most ``ceil(hosts / MAX_WORKERS) * timeout`` (plus nginx's config check). A
 membership change is applied in the round that decides it, before the next one starts:
 re-rendered, checked by ``nginx -t`` and loaded by a reload (SIGHUP), which keeps every
-established connection. A change nginx refuses is tried again the next round.
+established connection. A change nginx refuses is tried again the next round. So while a
+round fits in an interval, a host that starts failing (or passing) is out (or back) within
+``fall`` (or ``rise``) + 1 intervals: with thresholds of 1, within 2.
 """
 
 from __future__ import annotations
