@@ -184,7 +184,7 @@ def test_rules_combine_as_a_union() -> None:
 
 
 def test_age_only_files_are_deleted_by_the_age_rule_alone() -> None:
-    files = zips(NOW - 10 * DAY) + [LocalFile("2024-09-01T00:00:00Z_other.zip", NOW, size=0)]
+    files = [*zips(NOW - 10 * DAY), LocalFile("2024-09-01T00:00:00Z_other.zip", NOW, size=0)]
     by_age = plan(local_rolling(files), Policy(within=DAY, last=5), NOW)
     assert sorted(s.name for s in by_age.deleted) == ["2024-09-01T00:00:00Z_other.zip"]
     by_count = plan(local_rolling(files), Policy(last=5), NOW)
