@@ -140,7 +140,7 @@ def test_the_floor_counts_successful_snapshots_only() -> None:
 
 def test_keep_last_counts_instants_not_files() -> None:
     times = [NOW - i * HOUR for i in range(5)]
-    files = zips(*times) + [LocalFile(rolling_name(times[1]), times[1], size=7)]  # raw beside its zip
+    files = [*zips(*times), LocalFile(rolling_name(times[1]), times[1], size=7)]  # raw beside its zip
     p = plan(local_rolling(files), Policy(last=2, floor=0), NOW)
     assert sorted(s.name for s in p.kept) == sorted([rolling_name(times[0]) + ".zip", rolling_name(times[1]),
                                                      rolling_name(times[1]) + ".zip"])
