@@ -276,9 +276,10 @@ def parse_count(text: str, *, source: str) -> int:
         raise UsageError(f"{source} must not be negative, got {text!r}")
     if not _COUNT.fullmatch(value):
         raise UsageError(f"{source} must be a whole number from 0 to {MAX_KEEP}, got {text!r}")
-    if len(value) > len(str(MAX_KEEP)) or int(value) > MAX_KEEP:
+    digits = value.lstrip("0") or "0"  # the length check keeps int() off a 5,000-digit string
+    if len(digits) > len(str(MAX_KEEP)) or int(digits) > MAX_KEEP:
         raise UsageError(f"{source} must be at most {MAX_KEEP}, got {text!r}")
-    return int(value)
+    return int(digits)
 
 
 def parse_policy(*, within: dt.timedelta | None, flags: Mapping[str, str | None],
@@ -344,8 +345,9 @@ _BUCKETS: tuple[tuple[str, _Bucket], ...] = (
 _OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
-def _newest_first(s: Snapshot) -> tuple[bool, dt.datetime, str]:
-    return (s.time is not None, s.time or _OLDEST, s.name)
+def _newest_first(s: Snapshot) -> tuple[bool, dt.datetime, str, int, str, str]:
+    """A total order, so the plan does not depend on the listing's order."""
+    return (s.time is not None, s.time or _OLDEST, s.name, -1 if s.size is None else s.size, s.scope, s.note)
 
 
 def _count_rules(instants: list[dt.datetime], policy: Policy) -> dict[dt.datetime, list[str]]:
