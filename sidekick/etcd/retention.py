@@ -60,10 +60,8 @@ def parse_rfc3339(text: str) -> dt.datetime | None:
     m = _RFC3339.match(text)
     if not m:
         return None
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    frac = m.group(7)
+    year, month, day, hour, minute, second, frac, zone = m.groups()
     micro = int((frac[1:] + "000000")[:6]) if frac else 0
-    zone = m.group(8)
     if zone == "Z":
         tz = dt.UTC
     else:
@@ -73,7 +71,7 @@ def parse_rfc3339(text: str) -> dt.datetime | None:
             return None
         tz = dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
     try:
-        return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        return dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
     except ValueError:
         return None
 
@@ -335,12 +333,13 @@ class Plan:
         return [d.snapshot for d in self.decisions if d.action is Action.KEEP]
 
 
-_Bucket = Callable[[dt.datetime], str]
-_BUCKETS: tuple[tuple[str, _Bucket], ...] = (
-    ("hourly", lambda t: t.strftime("%Y-%m-%dT%H")),
-    ("daily", lambda t: t.strftime("%Y-%m-%d")),
-    ("weekly", lambda t: "{}-W{:02d}".format(*t.isocalendar()[:2])),
-    ("monthly", lambda t: t.strftime("%Y-%m")),
+# Calendar rules: a bucket key (cheap, compared for every instant scanned) and the label a
+# reason shows, both of a UTC time. ISO weeks start on Monday, as date(1, 1, 1) does.
+_BUCKETS: tuple[tuple[str, Callable[[dt.datetime], object], Callable[[dt.datetime], str]], ...] = (
+    ("hourly", lambda u: (u.year, u.month, u.day, u.hour), lambda u: u.strftime("%Y-%m-%dT%H")),
+    ("daily", lambda u: u.toordinal(), lambda u: u.strftime("%Y-%m-%d")),
+    ("weekly", lambda u: (u.toordinal() - 1) // 7, lambda u: "{}-W{:02d}".format(*u.isocalendar()[:2])),
+    ("monthly", lambda u: (u.year, u.month), lambda u: u.strftime("%Y-%m")),
 )
 _OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
@@ -355,16 +354,18 @@ def _count_rules(instants: list[dt.datetime], policy: Policy) -> dict[dt.datetim
     why: dict[dt.datetime, list[str]] = {}
     for t in instants[: policy.last]:
         why.setdefault(t, []).append(f"keep-last={policy.last}")
-    for field, bucket in _BUCKETS:
+    utc = [t.astimezone(dt.UTC) for t in instants] if any(getattr(policy, f) for f, _, _ in _BUCKETS) else []
+    for field, key, label in _BUCKETS:
         n = getattr(policy, field)
-        seen: set[str] = set()
-        for t in instants:
-            if len(seen) >= n:
+        taken, current = 0, None
+        for t, u in zip(instants, utc, strict=True) if n else ():
+            bucket = key(u)
+            if bucket == current:  # newest first, so a bucket's instants are adjacent
+                continue
+            if taken == n:
                 break
-            label = bucket(t.astimezone(dt.UTC))
-            if label not in seen:
-                seen.add(label)
-                why.setdefault(t, []).append(f"keep-{field}={n} {label}")
+            taken, current = taken + 1, bucket
+            why.setdefault(t, []).append(f"keep-{field}={n} {label(u)}")
     for t in instants[: policy.floor]:
         why.setdefault(t, []).append(f"keep-floor={policy.floor}")
     return why
