@@ -371,47 +371,56 @@ def _count_rules(instants: list[dt.datetime], policy: Policy) -> dict[dt.datetim
     return why
 
 
+_NO_RULE = ("no keep rule given",)
+_NOT_COUNTED = ("not a successful snapshot: only the age rule deletes it",)
+_KEPT_BY_NONE = ("kept by no rule",)
+
+
 def _plan_place(items: list[Snapshot], policy: Policy, now: dt.datetime) -> list[Decision]:
     """Decide the entries of one place, given newest first."""
     if policy.within is None:
-        cutoff, within, older = None, "", ""
+        cutoff, young, older = None, (), ()
     else:
         cutoff = now - policy.within
-        within = f"keep-within={format_go_duration(policy.within)}"
-        older = f"older than {format_go_duration(policy.within)}"
+        young = (f"keep-within={format_go_duration(policy.within)}",)
+        older = (f"older than {format_go_duration(policy.within)}",)
     # The counting rules choose among successful snapshots only, so a broken copy never takes
     # the slot of its day; the files of one instant (T_etcd, T_etcd.zip) share its fate.
     instants = sorted({s.time for s in items if s.successful and s.time is not None}, reverse=True)
-    counted = _count_rules(instants, policy)
+    counted = {t: tuple(why) for t, why in _count_rules(instants, policy).items()}
     out = []
     for s in items:
-        if s.scope is Scope.FOREIGN or s.time is None:
+        t = s.time
+        if t is None or s.scope is Scope.FOREIGN:
             out.append(Decision(s, Action.SKIP, (s.note or "out of scope",)))
             continue
-        why = [within] if cutoff is not None and s.time >= cutoff else []
-        if s.successful:
-            why += counted.get(s.time, [])
+        successful = s.successful
+        why = counted.get(t, ()) if successful else ()
+        if cutoff is not None and t >= cutoff:
+            why = young + why
         if s.scope is Scope.CURRENT:
             out.append(Decision(s, Action.KEEP, ("just taken", *why)))
         elif why:
-            out.append(Decision(s, Action.KEEP, tuple(why)))
+            out.append(Decision(s, Action.KEEP, why))
         elif cutoff is not None:
-            out.append(Decision(s, Action.DELETE, (older,)))
+            out.append(Decision(s, Action.DELETE, older))
         elif not policy.has_rules:
-            out.append(Decision(s, Action.KEEP, ("no keep rule given",)))
-        elif not s.successful:
-            out.append(Decision(s, Action.KEEP, ("not a successful snapshot: only the age rule deletes it",)))
+            out.append(Decision(s, Action.KEEP, _NO_RULE))
+        elif not successful:
+            out.append(Decision(s, Action.KEEP, _NOT_COUNTED))
         else:
-            out.append(Decision(s, Action.DELETE, ("kept by no rule",)))
+            out.append(Decision(s, Action.DELETE, _KEPT_BY_NONE))
     return out
 
 
 def plan(snapshots: Iterable[Snapshot], policy: Policy, now: dt.datetime) -> Plan:
     """Decide every entry; each place (local, S3) is planned on its own, floor included."""
-    ordered = sorted(snapshots, key=_newest_first, reverse=True)
+    places: dict[Where, list[Snapshot]] = {where: [] for where in Where}
+    for s in sorted(snapshots, key=_newest_first, reverse=True):
+        places[s.where].append(s)
     decisions: list[Decision] = []
-    for where in Where:
-        decisions += _plan_place([s for s in ordered if s.where is where], policy, now)
+    for items in places.values():
+        decisions += _plan_place(items, policy, now)
     return Plan(policy, now, tuple(decisions))
 
 
