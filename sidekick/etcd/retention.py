@@ -378,9 +378,10 @@ _KEPT_BY_NONE = ("kept by no rule",)
 
 def _plan_place(items: list[Snapshot], policy: Policy, now: dt.datetime) -> list[Decision]:
     """Decide the entries of one place, given newest first."""
-    if policy.within is None:
-        cutoff, young, older = None, (), ()
-    else:
+    young: tuple[str, ...] = ()
+    older: tuple[str, ...] = ()
+    cutoff = None
+    if policy.within is not None:
         cutoff = now - policy.within
         young = (f"keep-within={format_go_duration(policy.within)}",)
         older = (f"older than {format_go_duration(policy.within)}",)
