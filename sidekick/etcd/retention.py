@@ -31,7 +31,14 @@ Policy. Every rule is a keep rule; a snapshot is deleted only when no rule keeps
 Only successful snapshots (a size that is unknown or non-zero) are counted by ``last``, the
 calendar rules and the floor; the others, and the ``<RFC3339>_...`` files that are not
 snapshots, are deleted by the age rule alone. Files of one instant (``T_etcd`` and
-``T_etcd.zip``) are one snapshot for counting. A policy with no rule at all deletes nothing.
+``T_etcd.zip``) are one snapshot for counting. Local files and S3 objects are planned apart,
+each with its own floor. A policy with no rule besides the floor deletes nothing.
+
+Why the floor defaults to 1: RKE's rotations run only right after a successful save, and the
+age rule keeps that snapshot (its time is the tick, or the mtime now, and the retention is
+positive), so a floor of 1 never changes what they delete; it keeps the last copy wherever a
+rotation runs without a fresh snapshot. A larger floor would keep copies RKE's retention
+says to delete after an outage or with a short retention, so it is opt-in.
 """
 
 from __future__ import annotations
@@ -270,13 +277,14 @@ _COUNT = re.compile(r"[0-9]+")
 def parse_count(text: str, *, source: str) -> int:
     """A keep count from a flag or env value: a whole number from 0 to :data:`MAX_KEEP`."""
     value = text.strip()
+    shown = repr(text if len(text) <= 40 else f"{text[:40]}...")
     if value.startswith("-") and _COUNT.fullmatch(value[1:]):
-        raise UsageError(f"{source} must not be negative, got {text!r}")
+        raise UsageError(f"{source} must not be negative, got {shown}")
     if not _COUNT.fullmatch(value):
-        raise UsageError(f"{source} must be a whole number from 0 to {MAX_KEEP}, got {text!r}")
+        raise UsageError(f"{source} must be a whole number from 0 to {MAX_KEEP}, got {shown}")
     digits = value.lstrip("0") or "0"  # the length check keeps int() off a 5,000-digit string
     if len(digits) > len(str(MAX_KEEP)) or int(digits) > MAX_KEEP:
-        raise UsageError(f"{source} must be at most {MAX_KEEP}, got {text!r}")
+        raise UsageError(f"{source} must be at most {MAX_KEEP}, got {shown}")
     return int(digits)
 
 
