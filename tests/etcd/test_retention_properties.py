@@ -140,9 +140,12 @@ def histories(draw: st.DrawFn) -> tuple[list[Snapshot], dt.datetime]:
     outages = [(rng.randrange(count), rng.randrange(1, count // 4)) for _ in range(rng.randrange(4))]
     files: list[LocalFile] = []
     objects: list[tuple[str, int | None]] = []
-    for i in range(count):
+    i, taken = -1, 0
+    while taken < count:
+        i += 1
         if any(a <= i < a + n for a, n in outages):
             continue
+        taken += 1
         t = start + i * step + dt.timedelta(seconds=rng.randrange(-2, 3))
         name = rolling_name(t)
         size = 0 if rng.random() < 0.02 else rng.randrange(1, 10**9)
@@ -157,7 +160,7 @@ def histories(draw: st.DrawFn) -> tuple[list[Snapshot], dt.datetime]:
             objects.append((rng.choice(["f/sub/", "g/", "", "f/rke_etcd_snapshot_"]) + name + ".zip", 1))
         if rng.random() < 0.01:
             files.append(LocalFile(f"rke_etcd_snapshot_{name}.zip", t, size=1))
-    last = start + count * step
+    last = start + i * step
     now = last + draw(st.sampled_from([dt.timedelta(0), step, dt.timedelta(days=3), dt.timedelta(days=40)]))
     snaps = local_rolling(files) + s3_rolling(objects, folder="f")
     rng.shuffle(snaps)
@@ -267,6 +270,7 @@ def test_new_rules_only_ever_keep_more_than_the_age_rule(files: list[LocalFile],
 @given(histories(), policies)
 def test_the_floor_always_holds(history: tuple[list[Snapshot], dt.datetime], policy: Policy) -> None:
     snaps, now = history
+    assert len([s for s in snaps if s.where is Where.LOCAL and s.name.endswith("_etcd.zip")]) >= 1000
     remaining = apply(plan(snaps, policy, now), snaps).remaining
     for where in Where:
         before = instants(snaps, where)
