@@ -60,7 +60,7 @@ _RFC3339 = re.compile(
 _S3_NAME = re.compile(r"^.+_etcd(\.zip)?$")
 _RANCHER_PREFIX = re.compile(r"^c-[a-z0-9].*?-")
 _RANCHER_RECURRING = re.compile(r"^c-[a-z0-9].*?-r.-")
-_ROLLING_SUFFIXES = ("_etcd", "_etcd.zip")
+_ROLLING_TAILS = ("etcd", "etcd.zip")  # after the first "_" of a rolling snapshot's name
 
 
 def parse_rfc3339(text: str) -> dt.datetime | None:
@@ -156,7 +156,7 @@ def _rolling(name: str, base: str, where: Where, size: int | None) -> Snapshot:
     when = parse_rfc3339(head) if sep else None
     if when is None:
         return _foreign(name, where, size, "not a rolling snapshot name")
-    scope = Scope.SNAPSHOT if f"_{tail}" in _ROLLING_SUFFIXES else Scope.AGE_ONLY
+    scope = Scope.SNAPSHOT if tail in _ROLLING_TAILS else Scope.AGE_ONLY
     return Snapshot(name, where, when, size, scope)
 
 
@@ -395,15 +395,16 @@ def _plan_place(items: list[Snapshot], policy: Policy, now: dt.datetime) -> list
         older = (f"older than {format_go_duration(policy.within)}",)
     # The counting rules choose among successful snapshots only, so a broken copy never takes
     # the slot of its day; the files of one instant (T_etcd, T_etcd.zip) share its fate.
-    instants = sorted({s.time for s in items if s.successful and s.time is not None}, reverse=True)
+    successes = [s.successful for s in items]
+    instants = sorted({s.time for s, ok in zip(items, successes, strict=True) if ok and s.time is not None},
+                      reverse=True)
     counted = {t: tuple(why) for t, why in _count_rules(instants, policy).items()}
     out = []
-    for s in items:
+    for s, successful in zip(items, successes, strict=True):
         t = s.time
         if t is None or s.scope is Scope.FOREIGN:
             out.append(Decision(s, Action.SKIP, (s.note or "out of scope",)))
             continue
-        successful = s.successful
         why = counted.get(t, ()) if successful else ()
         if cutoff is not None and t >= cutoff:
             why = young + why
