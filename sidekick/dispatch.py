@@ -47,7 +47,7 @@ TOOLS: dict[str, Tool] = {
     "cloud-provider.sh": Tool("sidekick.cloud_provider:main", "complete /etc/kubernetes/cloud-config from Azure instance metadata and Resource Manager"),
     "entrypoint.sh": Tool("sidekick.entrypoint:main", "prepare the node for a Kubernetes component (kubelet, kube-proxy, Azure, AWS), then exec it"),
     "install": Tool("sidekick.install:main", "lay out the image's file tree (links to this executable) under --prefix"),
-    "nginx-proxy": Tool("sidekick.nginx.launcher:main", "proxy TCP to the control planes in CP_HOSTS with nginx (optional active health checks)", usage="USAGE"),
+    "nginx-proxy": Tool("sidekick.nginx.cli:main", "proxy TCP to the control planes in CP_HOSTS with nginx (optional active health checks)", usage="USAGE"),
     "rke-etcd-backup": Tool("sidekick.etcd.cli:main", "etcd snapshots: etcd-backup save|delete|download|serve|extractstatefile (local and S3)"),
     "share-mnt": Tool("sidekick.mounts:share_mnt", "make host paths shared mounts in the host's mount namespace (legacy)", usage="SHARE_MNT_USAGE"),
     "share-root.sh": Tool("sidekick.mounts:share_root", "make / shared in the host's mount namespace, then wait for SIGTERM (legacy)", usage="SHARE_ROOT_USAGE"),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from sidekick.errors import UsageError
 from sidekick.host.files import TEMP_OVERHEAD
+from sidekick.host.lock import exclusive
+from sidekick.host.signals import StopRequest
 from sidekick.paths import host_path
 
 BACKUP_DIR = "/backup"
@@ -59,8 +61,11 @@ def state_output() -> Path:
     return host_path(STATE_OUTPUT)
 
 
-def lock_path() -> Path:
-    return host_path(LOCK)
+def one_run_at_a_time(what: str, *, stop: StopRequest, wait: float,
+                      note: str) -> contextlib.AbstractContextManager[None]:
+    """The node's run lock (/backup/.sidekick/lock): a second ``save`` or ``prune`` on the
+    node waits up to ``wait`` seconds for the first, then fails naming it."""
+    return exclusive(host_path(LOCK), wait=wait, stop=stop, what=what, note=note)
 
 
 def last_snapshot_size(directory: Path) -> int | None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import layout, retention
+from sidekick.etcd import layout, prune, retention
 from sidekick.etcd.archive import ArchiveResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
@@ -47,7 +47,6 @@ from sidekick.etcd.progress import Progress
 from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
 from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
-from sidekick.host.lock import exclusive
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
@@ -79,6 +78,9 @@ class Saver:
     store_factory: Callable[..., S3Store] = S3Store
     progress_interval: float = 5.0
     telemetry: Telemetry | None = None
+
+    def __post_init__(self) -> None:
+        self.policy = prune.policy_of(self.opts)
 
     def stage(self, name: str) -> contextlib.AbstractContextManager[Outcome]:
         """Report a rolling stage to the telemetry, when it is on (a stop is no failure)."""
@@ -225,55 +227,31 @@ class Saver:
         log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
 
     def s3_retention(self, store: S3Store, tick: dt.datetime) -> int:
-        """Delete the expired snapshots of the bucket (folder); return how many went."""
-        folder = store.config.folder
-        prefix = f"{folder}/" if folder else ""
-        keys = (o.key for o in store.list_objects(prefix, recursive=False))
-        expired = retention.s3_expired(keys, folder=folder, tick=tick, retention=self.opts.retention)
-        if not expired:
-            log.info("no expired S3 snapshots", extra=kv(retention=format_go_duration(self.opts.retention)))
+        """Delete what the policy no longer keeps in the bucket (folder); return how many went."""
+        plan = retention.plan(prune.s3_snapshots(store), self.policy, tick)
+        if not plan.deleted:
+            log.info("no expired S3 snapshots", extra=kv(policy=self.policy.describe()))
             return 0
         started = time.monotonic()
-        deleted = store.delete_keys(expired)
-        log.info("deleted expired S3 snapshots", extra=kv(count=len(deleted), refused=len(expired) - len(deleted),
+        deleted = prune.delete_s3(store, [s.name for s in plan.deleted])
+        log.info("deleted expired S3 snapshots", extra=kv(count=deleted, refused=len(plan.deleted) - deleted,
                                                         seconds=f"{time.monotonic() - started:.2f}"))
-        return len(deleted)
-
-    # --- local retention --------------------------------------------------------------------
-    def _local_files(self) -> list[retention.LocalFile]:
-        files = []
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.backup_dir) as entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                files.append(retention.LocalFile(entry.name, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
-                                                 is_file=entry.is_file(follow_symlinks=False)))
-        return files
-
-    def _delete_local(self, names: list[str]) -> int:
-        deleted = 0
-        for name in names:
-            try:
-                (self.backup_dir / name).unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                log.warning("Delete local backup failed", extra=kv(name=name, error=err.strerror))
-                continue
-            deleted += 1
-            log.info("Deleted local backup", extra=kv(name=name))
         return deleted
 
+    # --- local retention --------------------------------------------------------------------
     def local_retention(self, tick: dt.datetime) -> int:
-        return self._delete_local(retention.local_expired(self._local_files(), tick=tick,
-                                                          retention=self.opts.retention))
+        snapshots = retention.local_rolling(prune.local_files(self.backup_dir))
+        return prune.delete_local(self.backup_dir, [s.name for s in retention.plan(snapshots, self.policy,
+                                                                                   tick).deleted])
 
     def rancher_retention(self, name: str) -> None:
-        now = dt.datetime.now(dt.UTC)
-        self._delete_local(retention.rancher_expired(self._local_files(), name=name, now=now,
-                                                     retention=self.opts.retention))
+        """After a one-shot save of a Rancher-named snapshot: that cluster's recurring local
+        snapshots (by mtime), as RKE's rotation does (CONTRACT 3.2)."""
+        if not retention.rancher_prefix(name):
+            return
+        snapshots = retention.local_rancher(prune.local_files(self.backup_dir), name=name)
+        plan = retention.plan(snapshots, self.policy, dt.datetime.now(dt.UTC))
+        prune.delete_local(self.backup_dir, [s.name for s in plan.deleted])
 
     def clean_leftovers(self) -> None:
         """Temp files of an interrupted run (old enough not to be another process's)."""
@@ -282,9 +260,8 @@ class Saver:
 
     # --- the two modes ----------------------------------------------------------------------
     def one_at_a_time(self, what: str) -> contextlib.AbstractContextManager[None]:
-        """The node's run lock: a second save or prune waits for this one (within a bound)."""
-        return exclusive(layout.lock_path(), wait=self.budgets.seconds(LOCK_WAIT), stop=self.stop, what=what,
-                         note=f"{what} (pid {os.getpid()})")
+        return layout.one_run_at_a_time(what, stop=self.stop, wait=self.budgets.seconds(LOCK_WAIT),
+                                        note=f"{what} (pid {os.getpid()})")
 
     def once(self) -> int:
         with self.one_at_a_time(f"save --once {self.opts.name}".rstrip()):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,8 +28,7 @@ from sidekick.errors import SidekickError, UsageError
 from sidekick.host.files import atomic_output, remove_leftovers
 from sidekick.host.proc import Runner
 from sidekick.log import kv
-from sidekick.nginx.config import Settings, Upstream, parse_cp_hosts, render, settings_from_env
-from sidekick.nginx.health import health_from_env
+from sidekick.nginx.config import Settings, Upstream, render
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
@@ -40,24 +38,6 @@ CONF_PATH = "/etc/nginx/nginx.conf"
 PID_PATH = "/run/nginx.pid"
 STREAM_MODULE_FILE = "ngx_stream_module.so"
 
-USAGE = """\
-usage: nginx-proxy [CP_HOSTS=HOST[,HOST...]]
-
-Proxy TCP on port 6443 to the control planes in CP_HOSTS (the environment wins over the
-argument). HOST is an IPv4 address, a host name or [IPv6], each with an optional :PORT
-(default 6443); a bare IPv6 address (no port) is accepted too.
-
-environment (all optional):
-  NGINX_PROXY_LISTEN_ADDRESS    IP to listen on (every interface)
-  NGINX_PROXY_LISTEN_PORT       port to listen on (6443)
-  NGINX_PROXY_MAX_FAILS         failed connects that mark a host down, passively (1)
-  NGINX_PROXY_FAIL_TIMEOUT      how long it stays down, in seconds (10s)
-  NGINX_PROXY_HEALTH_CHECK      active checks: readyz (HTTPS GET /readyz), tcp, or off (off)
-  NGINX_PROXY_HEALTH_INTERVAL   time between check rounds (5s)
-  NGINX_PROXY_HEALTH_TIMEOUT    bound on one probe, answer included (2s, at most the interval)
-  NGINX_PROXY_HEALTH_FALL       failures in a row that take a host out (3)
-  NGINX_PROXY_HEALTH_RISE       passes in a row that put it back (2)
-"""
 
 
 def cp_hosts_value(argv: list[str], env: Mapping[str, str]) -> str:
@@ -165,16 +145,3 @@ def prepare(proxy: NginxProxy, upstreams: Sequence[Upstream], settings: Settings
         path=proxy.conf_path, listen=settings.listen,
         upstreams=",".join(u.address for u in upstreams)))
     return text
-
-
-def main(argv: list[str]) -> int:
-    upstreams = parse_cp_hosts(cp_hosts_value(argv, os.environ))
-    settings = settings_from_env(os.environ)
-    health = health_from_env(os.environ)
-    proxy = NginxProxy(Runner())
-    if health.enabled:
-        from sidekick.nginx.checked import run_checked  # threads, TLS, HTTP: only when asked for
-
-        return run_checked(proxy, upstreams, settings, health)
-    prepare(proxy, upstreams, settings)
-    proxy.exec()
