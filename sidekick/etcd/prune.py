@@ -73,16 +73,22 @@ def s3_snapshots(store: S3Store) -> list[retention.Snapshot]:
     return retention.s3_rolling(((o.key, o.size) for o in listed), folder=folder)
 
 
-def delete_s3(store: S3Store, keys: list[str]) -> int:
-    """Delete ``keys``; what S3 refuses is reported once, in one line, and skipped."""
+def delete_s3(store: S3Store, keys: list[str], *, now: dt.datetime) -> int:
+    """Delete ``keys``; a locked object (Object Lock retention or legal hold: a delete would
+    only hide it behind a delete marker) or one S3 refuses is skipped, all reported in one line."""
     if not keys:
         return 0
-    deleted = store.delete_keys(keys)
-    refused = sorted(set(keys) - set(deleted))
-    if refused:
-        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
-        log.warning("S3 refused to delete some expired snapshots (Object Lock or permissions?): skipped",
-                    extra=kv(count=len(refused), keys=shown))
+    skipped: list[str] = []
+    if store.object_lock_enabled():
+        locks = {key: store.lock_of(key, now) for key in keys}
+        skipped = [f"{key} ({why})" for key, why in locks.items() if why]
+        keys = [key for key, why in locks.items() if not why]
+    deleted = store.delete_keys(keys) if keys else []
+    skipped += sorted(set(keys) - set(deleted))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("S3 keeps some expired snapshots (Object Lock, legal hold or permissions): skipped",
+                    extra=kv(count=len(skipped), keys=shown))
     return len(deleted)
 
 
@@ -112,7 +118,7 @@ def run_prune(opts: Options) -> int:
             remote = [s.name for s in plan.deleted if s.where is retention.Where.S3]
             deleted = delete_local(directory, local)
             if store is not None:
-                deleted += delete_s3(store, remote)
+                deleted += delete_s3(store, remote, now=now)
         except S3Error as err:
             raise SidekickError(f"prune failed: {err}") from None
         finally:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import layout, prune, retention
+from sidekick.etcd import catchup, layout, prune, retention
 from sidekick.etcd.archive import ArchiveResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
@@ -224,7 +224,18 @@ class Saver:
         except S3Error as err:
             raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
         progress.finish(size=snap.archive.size, sha256=snap.archive.sha256)
+        catchup.remember(path, key, snap.archive.sha256)
         log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
+
+    def catch_up(self, store: S3Store, snap: Snapshot) -> None:
+        """Opt-in: upload what S3 missed while it was down; a failure here only warns (this
+        run's own snapshot is already safe in the bucket)."""
+        if not self.opts.s3_catch_up:
+            return
+        try:
+            catchup.catch_up(store, self.backup_dir, limit=self.opts.s3_catch_up, skip=snap.archive.path.name)
+        except S3Error as err:
+            log.warning("S3 catch-up failed: the next run tries again", extra=kv(error=str(err)))
 
     def s3_retention(self, store: S3Store, tick: dt.datetime) -> int:
         """Delete what the policy no longer keeps in the bucket (folder); return how many went."""
@@ -233,7 +244,7 @@ class Saver:
             log.info("no expired S3 snapshots", extra=kv(policy=self.policy.describe()))
             return 0
         started = time.monotonic()
-        deleted = prune.delete_s3(store, [s.name for s in plan.deleted])
+        deleted = prune.delete_s3(store, [s.name for s in plan.deleted], now=tick)
         log.info("deleted expired S3 snapshots", extra=kv(count=deleted, refused=len(plan.deleted) - deleted,
                                                         seconds=f"{time.monotonic() - started:.2f}"))
         return deleted
@@ -279,6 +290,7 @@ class Saver:
             try:
                 with self.s3() as store:
                     self.upload(store, snap)
+                    self.catch_up(store, snap)
             except Stopped:
                 raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'} during the S3 upload: "
                               f"snapshot kept locally at {layout.archive_entry(name)}; {UPLOAD_FAILED}") from None
@@ -311,6 +323,7 @@ class Saver:
             with self.stage("upload"):
                 store = stack.enter_context(self.s3())
                 self.upload(store, snap)
+                self.catch_up(store, snap)
             self.checkpoint()
             with self.stage("retention") as outcome:
                 try:
