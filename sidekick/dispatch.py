@@ -6,13 +6,13 @@ every Kubernetes component) pays for nothing else. This is also the one place th
 errors into exit codes.
 
 Start-up cost matters on that path, so this module imports neither ``logging`` nor
-``typing``: the logging setup runs only for tools whose module uses ``logging``, and the
-final error line is written by :mod:`sidekick.logline`.
+``typing`` nor even ``os`` (not loaded at interpreter start): the logging setup runs only for
+tools whose module uses ``logging``, and the final error line is written by
+:mod:`sidekick.logline`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from sidekick import logline
@@ -79,7 +79,7 @@ def _select(argv: list[str]) -> tuple[str | None, list[str]]:
     A link named after no tool is refused like busybox refuses an unknown applet, rather than
     answered with this executable's help and success.
     """
-    name = os.path.basename(argv[0]) if argv else PROG
+    name = argv[0].rpartition("/")[2] if argv else PROG  # os.path.basename, without loading os
     if name in TOOLS:
         return name, argv[1:]
     if name not in OWN_NAMES:
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_usage())
         return 0
     if name == "--version":
-        from sidekick import __version__
+        from sidekick.version import describe
 
-        sys.stdout.write(f"{PROG} {__version__}\n")
+        sys.stdout.write(describe())
         return 0
     tool = TOOLS.get(name)
     if tool is None:
