@@ -5,7 +5,7 @@ Measured in the same run, on the same snapshot file:
   at level 5 (the issue's 101 MB/s reference), all MB/s of input;
 - sidekick's archive stage and upload stage (from its own progress lines), the deflate ratio
   and its peak RSS (polled), against a single-request ``put_object`` of the same archive;
-- S3 retention of 2,000 expired objects: DeleteObjects batches vs 2,000 sequential DELETEs
+- S3 prune of `BENCH_PRUNE_OBJECTS` (10,000) expired objects: plan + DeleteObjects batches vs sequential DELETEs
   (what the Go tool does), on the same moto server.
 
 The etcd data are JSON-ish values of 100 kB (Kubernetes-object shaped, the issue's load).
