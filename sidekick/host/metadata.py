@@ -7,8 +7,9 @@ headers, body) and a cap on the body; every lookup a total budget over its reque
 read loop is ours: the answer is read through :class:`_DeadlineReader`, which gives each
 ``recv`` only the time left on the request's deadline, so a drip ends at the deadline without
 a watchdog thread (:mod:`sidekick.host.guard` is for libraries whose loops we do not own).
-The connect and the TLS handshake are bounded by the socket timeout, which CPython applies to
-each as a whole. ``requests`` is not used: these calls must stay cheap to import.
+The connect and the TLS handshake are bounded by the socket timeout (the time left), which
+CPython applies to each as a whole. ``requests`` is not used: these calls must stay cheap to
+import.
 """
 
 from __future__ import annotations
@@ -122,7 +123,32 @@ class Response:
         return data
 
 
-def _https_connection(parts: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPSConnection:
+class _TlsConnection(http.client.HTTPSConnection):
+    """HTTPS whose TLS handshake gets only the time left on the request's deadline.
+
+    The socket timeout set when the TCP connection opens would give the handshake (which
+    CPython bounds as a whole by that timeout) the full budget again after a slow connect
+    or proxy tunnel.
+    """
+
+    def __init__(self, host: str, port: int | None, *, server_name: str, deadline: Deadline) -> None:
+        import ssl
+
+        self._tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=deadline.remaining(), context=self._tls)
+        self._server_name = server_name
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP, and the proxy's tunnel
+        left = self._deadline.remaining()
+        if left <= 0 or self.sock is None:
+            raise TimeoutError("deadline reached")
+        self.sock.settimeout(left)
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+def _https_connection(parts: urllib.parse.SplitResult, deadline: Deadline) -> http.client.HTTPSConnection:
     """A connection to ``parts``, through ``HTTPS_PROXY`` (CONNECT) unless ``NO_PROXY`` covers it.
 
     Nodes behind a corporate proxy reach Azure AD and Resource Manager only through it, as
@@ -136,9 +162,9 @@ def _https_connection(parts: urllib.parse.SplitResult, timeout: float) -> http.c
     proxy = proxies.get("https")
     host = parts.hostname or ""
     if not proxy or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
-        return http.client.HTTPSConnection(parts.netloc, timeout=timeout)
+        return _TlsConnection(host, parts.port, server_name=host, deadline=deadline)
     via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    conn = http.client.HTTPSConnection(via.hostname or "", via.port or 3128, timeout=timeout)
+    conn = _TlsConnection(via.hostname or "", via.port or 3128, server_name=host, deadline=deadline)
     headers = {}
     if via.username:
         password = urllib.parse.unquote(via.password or "")
@@ -181,7 +207,7 @@ def request(
         raise MetadataError(f"{what}: no time left of {deadline.what}'s budget")
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
-        conn = _https_connection(parts, left)
+        conn = _https_connection(parts, deadline)
     else:
         conn = http.client.HTTPConnection(parts.netloc, timeout=left)
     # http.client only calls response_class(sock, method=...); the partial carries the deadline.

@@ -161,11 +161,13 @@ class App(ABC):
 
 
 class ConnectProxy:
-    """An HTTP proxy that only tunnels (``CONNECT host:port``), as HTTPS clients use one."""
+    """An HTTP proxy that only tunnels (``CONNECT host:port``), as HTTPS clients use one;
+    with ``drip``, its answer to ``CONNECT`` comes one byte every ``drip`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, drip: float = 0.0) -> None:
         self.tunnels: list[str] = []
         self.auth: list[str] = []
+        self.drip = drip
 
     @contextmanager
     def serve(self) -> Iterator[str]:
@@ -200,7 +202,17 @@ class ConnectProxy:
             self.tunnels.append(target)
             host, port = target.rsplit(":", 1)
             upstream = socket.create_connection(("127.0.0.1" if host == "localhost" else host, int(port)))
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+            if self.drip:
+                for i in range(len(established)):
+                    if stop.wait(self.drip):
+                        break
+                    with contextlib.suppress(OSError):
+                        client.sendall(established[i : i + 1])
+                client.close()
+                upstream.close()
+                return
+            client.sendall(established)
             threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
             pump(client, upstream)
 

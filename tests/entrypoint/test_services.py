@@ -13,6 +13,7 @@ import pytest
 
 from sidekick import cloud_provider
 from sidekick.cloud_provider import CLOUDS, AzureArm, AzureCloud
+from sidekick.deadline import Deadline
 from sidekick.errors import SidekickError
 from sidekick.host.docker import DockerEngine
 from sidekick.host.metadata import AzureMetadata, Ec2Metadata, MetadataError
@@ -367,6 +368,40 @@ def test_azure_ad_and_arm_over_https_through_the_proxy(
         from sidekick.log import redact
 
         assert redact("via pr0xy-pass") == "via REDACTED"
+
+
+def test_proxy_that_drips_its_connect_answer_is_cut_off_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, azure_tls: tuple[Path, Path, Path]
+) -> None:
+    """The proxy's answer to CONNECT is read through the same deadline as the answer proper."""
+    cert, key, ca = azure_tls
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    proxy = ConnectProxy(drip=0.5)
+    with Azure().serve(tls=(cert, key)) as tls_base, proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+        arm = AzureArm(login_url=tls_base, arm_url=tls_base, resource="https://management.azure.com/", scale=0.1)
+        start = time.monotonic()
+        with pytest.raises(MetadataError, match=r"POST localhost:\d+/.*/oauth2/token: no complete answer within 1s"):
+            arm.login(tenant=TENANT, client_id=CLIENT_ID, secret=CLIENT_SECRET, lookup=Deadline(6, what="the test"))
+        assert time.monotonic() - start < 3
+    assert len(proxy.tunnels) == 1
+
+
+def test_tls_peer_that_never_finishes_the_handshake_is_cut_off_at_the_deadline() -> None:
+    from tests.harness.faults import BlackHole
+
+    hole = BlackHole()
+    try:
+        arm = AzureArm(login_url=f"https://{hole.endpoint}", arm_url=f"https://{hole.endpoint}",
+                       resource="https://management.azure.com/", scale=0.1)  # fmt: skip
+        start = time.monotonic()
+        with pytest.raises(MetadataError, match=r"no complete answer within 1s"):
+            arm.login(tenant=TENANT, client_id=CLIENT_ID, secret=CLIENT_SECRET, lookup=Deadline(6, what="the test"))
+        assert time.monotonic() - start < 3
+    finally:
+        hole.close()
 
 
 def test_unreadable_or_non_object_config_is_an_error(tmp_path: Path) -> None:
