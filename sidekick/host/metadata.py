@@ -224,7 +224,7 @@ def request(
         return Response(response.status, _read_body(response, limit, what))
     except (OSError, http.client.HTTPException) as err:
         if isinstance(err, TimeoutError) or deadline.expired():
-            raise MetadataError(f"{what}: no complete answer within {deadline.seconds:g}s") from None
+            raise MetadataError(f"{what}: no complete answer within {deadline.seconds:.3g}s") from None
         raise MetadataError(f"{what}: {err or type(err).__name__}") from None
     finally:
         conn.close()
