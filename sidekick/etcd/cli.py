@@ -178,6 +178,14 @@ S3_RETRIES = _opt("--s3-retries", "s3_retries", type=GO_UINT, default=DEFAULT_S3
                   help="upload attempts after the first")
 CLEANUP = _bool("--cleanup", "cleanup", None, "remove only the uncompressed file (when the .zip exists)")
 
+VERIFY = _bool("--verify", "verify", "SIDEKICK_VERIFY",
+               "rolling mode: verify each new snapshot by a trial restore (ours)")
+VERIFY_EVERY = _opt("--verify-every", "verify_every", type=GO_UINT, default=0, envvar="SIDEKICK_VERIFY_EVERY",
+                    help="rolling mode: verify every Nth snapshot (ours; implies --verify)")
+OUTPUT = _opt("--output", "output", type=click.Choice(["table", "json"]), default="table",
+              help="list: a table for people or JSON (docs/list-schema.json)")
+DETAILS = _bool("--details", "details", None, "list: read each S3 object's metadata (one HEAD per object)")
+
 S3_COMMON = [S3_ENDPOINT, S3_ACCESS, S3_SECRET, S3_BUCKET, S3_REGION, S3_CA, S3_FOLDER]
 COMMON = [ENDPOINTS, DEBUG, NAME, CACERT, CERT, KEY, LOCAL_ENDPOINT, S3_BACKUP_ENV, *S3_COMMON]
 SNAPSHOT = [CREATION, RETENTION, ONCE, *COMMON]
@@ -228,7 +236,7 @@ def _command(name: str, flags: Sequence[Decorator], target: str, help: str) -> c
     return command
 
 
-_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES], "sidekick.etcd.save:run_save",
+_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, VERIFY, VERIFY_EVERY], "sidekick.etcd.save:run_save",
          "Take a snapshot (once or rolling) and back it up to S3 compatible storage.")
 _command("delete", [NAME, S3_BACKUP_NOENV, CLEANUP, *S3_COMMON], "sidekick.etcd.delete:run_delete",
          "Delete a snapshot locally and from S3 compatible storage.")
@@ -238,6 +246,10 @@ _command("extractstatefile", SNAPSHOT, "sidekick.etcd.restore:run_extractstatefi
          "Extract the cluster state file from a snapshot archive.")
 _command("serve", [NAME, CACERT, CERT, KEY], "sidekick.etcd.serve:run_serve",
          "Serve the local snapshot over mutual TLS on port 2379.")
+_command("list", [DEBUG, S3_BACKUP_ENV, *S3_COMMON, OUTPUT, DETAILS], "sidekick.etcd.listing:run_list",
+         "List the snapshots in /backup and S3 with what save recorded and the last verification.")
+_command("verify", COMMON, "sidekick.etcd.verify:run_verify",
+         "Prove a snapshot restores: restore it into a throwaway etcd member and read it back.")
 
 
 @click.group(name=PROG, context_settings={"help_option_names": ["--help", "-h"]})

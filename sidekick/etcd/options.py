@@ -56,6 +56,9 @@ class Options:
     - ``backup_retries``/``s3_retries``: attempts after the first (defaults 4 and 3).
     - ``retry_wait``: seconds between etcd snapshot attempts; not a flag of the original:
       env ``SIDEKICK_RETRY_WAIT`` (default 15) so tests need not sleep a minute.
+    - Ours, not the original's: ``verify``/``verify_every`` (rolling ``save``: a trial
+      restore after every tick, or every Nth), ``output`` (``list``: table or json) and
+      ``details`` (``list``: read each S3 object's metadata).
     """
 
     command: str = ""
@@ -81,6 +84,10 @@ class Options:
     cleanup: bool = False
     debug: bool = False
     retry_wait: float = DEFAULT_RETRY_WAIT
+    verify: bool = False
+    verify_every: int = 0
+    output: str = "table"
+    details: bool = False
 
 
 def retry_wait_from_env() -> float:
