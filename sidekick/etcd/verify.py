@@ -366,14 +366,17 @@ class Verifier:
     def verify(self, name: str, source: str, fetch: Callable[[Path], Candidate]) -> trials.Trial:
         """Fetch with ``fetch(work)``, check, restore, read back; record and return the verdict."""
         started = time.monotonic()
+        candidate: Candidate | None = None
         with workspace() as work:
-            candidate = fetch(work)
             try:
+                candidate = fetch(work)
                 revision, keys = self._trial(candidate, work)
             except VerifyFailed as err:
+                facts = candidate.recorded if candidate else SnapshotFacts()
                 trials.record(trials.Trial(name, False, trials.now_stamp(), source,
-                                           round(time.monotonic() - started, 3), candidate.digest.sha256,
-                                           candidate.recorded.revision, candidate.recorded.keys, str(err)))
+                                           round(time.monotonic() - started, 3),
+                                           candidate.digest.sha256 if candidate else None,
+                                           facts.revision, facts.keys, str(err)))
                 raise
         trial = trials.Trial(name, True, trials.now_stamp(), source, round(time.monotonic() - started, 3),
                              candidate.digest.sha256, revision, keys)
