@@ -61,6 +61,7 @@ VERIFY_RATE = 20_000_000  # bytes per second a restore (a local copy and a bolt 
 VERIFY_START = 60.0
 VERIFY_QUERY = 15.0
 VERIFY_STOP = 10.0
+LIST_S3 = 60.0  # list: every S3 request of one listing (pages, and HEADs with --details)
 
 
 def scale_from_env() -> float:

@@ -208,6 +208,7 @@ def describe_error(err: BaseException) -> str:
 class ObjectInfo:
     key: str
     size: int
+    modified: float | None = None  # LastModified, Unix seconds
 
 
 class S3Store:
@@ -446,7 +447,8 @@ class S3Store:
                     raise _error(f"failed to list objects in bucket {self.config.bucket}", err) from None
 
             answer = self._step("S3 ListObjectsV2", page)
-            found.extend(ObjectInfo(item["Key"], int(item.get("Size", 0))) for item in answer.get("Contents", []) or [])
+            found.extend(ObjectInfo(item["Key"], int(item.get("Size", 0)), _timestamp(item.get("LastModified")))
+                         for item in answer.get("Contents", []) or [])
             token = answer.get("NextContinuationToken") if answer.get("IsTruncated") else None
             if not token:
                 return found
@@ -533,6 +535,10 @@ class S3Store:
             return digest
 
         return self._step(f"S3 download {key}", get)
+
+
+def _timestamp(value: object) -> float | None:
+    return value.timestamp() if hasattr(value, "timestamp") else None
 
 
 def _not_implemented(err: BaseException) -> bool:
