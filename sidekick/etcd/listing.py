@@ -333,6 +333,7 @@ def table(doc: dict[str, Any]) -> str:
 def run_list(opts: Options) -> int:
     listing = gather(opts, Budgets.from_options(opts))
     doc = document(listing)
-    print(json.dumps(doc, indent=2) if opts.output == "json" else table(doc), flush=True)
+    # One line: json's C encoder (indent would use the pure-Python one, a second for 10,000 rows).
+    print(json.dumps(doc) if opts.output == "json" else table(doc), flush=True)
     return 0 if listing.complete else EXIT_PARTIAL
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import logging
 import os
 import posixpath
@@ -250,6 +251,7 @@ class S3Store:
 
     def _make_client(self) -> S3Client:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         cfg = self.config
@@ -266,7 +268,11 @@ class S3Store:
         else:
             log.info("no S3 keys given: using the instance's IAM role")
         request = self.budgets.seconds(S3_REQUEST)
-        session = boto3.session.Session()
+        core = botocore.session.get_session()
+        # botocore parses every LastModified with dateutil (~100 us each): a listing of 10,000
+        # objects spent most of its client time there.
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+        session = boto3.session.Session(botocore_session=core)
         return session.client(
             "s3",
             endpoint_url=endpoint_url(cfg.endpoint),
@@ -535,6 +541,17 @@ class S3Store:
             return digest
 
         return self._step(f"S3 download {key}", get)
+
+
+def _parse_timestamp(value: object) -> dt.datetime:
+    """ISO 8601 (what S3 sends) the fast way; anything else botocore's way."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            parsed = dt.datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)  # type: ignore[arg-type]  # it takes numbers too
 
 
 def _timestamp(value: object) -> float | None:
