@@ -63,10 +63,11 @@ from sidekick.etcd import layout, trials
 from sidekick.etcd.archive import file_sha256, read_manifest_document
 from sidekick.etcd.budgets import STATUS_TIMEOUT, VERIFY_QUERY, VERIFY_START, VERIFY_STOP, Budgets
 from sidekick.etcd.etcdctl import ETCDCTL, EtcdError, check_snapshot_hash
-from sidekick.etcd.extract import Archive, ArchiveError
+from sidekick.etcd.extract import Archive, ArchiveError, check_free_space
 from sidekick.etcd.facts import SnapshotFacts, disagreements
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.verified import Digest
+from sidekick.host.files import describe_os_error
 from sidekick.host.guard import Guard
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
@@ -133,10 +134,13 @@ def remove_abandoned(base: Path) -> list[Path]:
 def workspace() -> Iterator[Path]:
     """A private (0700) directory beside the snapshots, locked while in use, always removed."""
     base = _work_base()
-    base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    for path in remove_abandoned(base):
-        log.info("removed the work directory of an interrupted verify", extra=kv(path=path))
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=base))
+    try:
+        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for path in remove_abandoned(base):
+            log.info("removed the work directory of an interrupted verify", extra=kv(path=path))
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=base))
+    except OSError as err:
+        raise SidekickError(f"cannot create a work directory: {describe_os_error(err, WORK_DIR)}") from None
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -339,8 +343,11 @@ class Member:
                 last = str(err)
                 continue
             if result.returncode == 0:
-                answer = json.loads(result.stdout.decode(errors="replace"))
-                return int(answer["header"]["revision"]), int(answer.get("count") or 0)
+                try:
+                    answer = json.loads(result.stdout.decode(errors="replace"))
+                    return int(answer["header"]["revision"]), int(answer.get("count") or 0)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise VerifyFailed("the restored member gave an answer etcdctl could not print as JSON") from None
             last = _last_line((result.stderr + result.stdout).decode(errors="replace"))
             self.stop.wait(POLL)
 
@@ -405,6 +412,7 @@ class Verifier:
         if diffs:
             raise VerifyFailed(f"the snapshot is not the one save recorded ({'; '.join(diffs)})")
         candidate.checks.append("etcd-status")
+        check_free_space(work, candidate.digest.size)  # the restore writes a copy of the db
         member.restore(candidate.path, candidate.digest.size)
         try:
             member.start()
