@@ -58,7 +58,7 @@ class Peaks:
         self._thread.join(timeout=5)
 
 
-def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, Peaks, str]:
+def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, Peaks, str, str]:
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peaks = Peaks(proc.pid)
@@ -67,7 +67,7 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
     peaks.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed: {err[-2000:]}")
-    return seconds, peaks, out
+    return seconds, peaks, out, err
 
 
 def run() -> list[Row]:
@@ -95,15 +95,15 @@ def run() -> list[Row]:
         note = f"snapshot {size / 1e6:.0f} MB, archive {archive.stat().st_size / 1e6:.0f} MB"
         ctl_env = {"PATH": os.environ["PATH"], "ETCDCTL_API": "3"}
 
-        status_s, status_peaks, _ = _measure([ETCDCTL, "snapshot", "status", str(raw), "-w", "json"], ctl_env)
-        restore_s, restore_peaks, _ = _measure([ETCDCTL, "snapshot", "restore", str(raw),
+        status_s, status_peaks, _, _ = _measure([ETCDCTL, "snapshot", "status", str(raw), "-w", "json"], ctl_env)
+        restore_s, restore_peaks, _, _ = _measure([ETCDCTL, "snapshot", "restore", str(raw),
                                                 f"--data-dir={work / 'restored'}"], ctl_env)
         shutil.rmtree(work / "restored")
         raw.unlink()
 
-        verify_s, verify_peaks, out = _measure([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "verify",
+        verify_s, verify_peaks, _, err = _measure([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "verify",
                                                 "--name", "bench-verify"], env)
-        print(f"# etcd_verify: {out.strip()}", file=sys.stderr)
+        print(f"# etcd_verify: {err.strip().splitlines()[-1]}", file=sys.stderr)  # the steps' seconds
         return [
             Row("etcdctl snapshot status", status_s, "s", note=f"etcdctl peak RSS {status_peaks.own / 2**20:.0f} MiB; {note}"),
             Row("etcdctl snapshot restore", restore_s, "s",

@@ -101,6 +101,15 @@ class Candidate:
     digest: Digest
     recorded: SnapshotFacts
     checks: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, for the log
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[step] = round(time.monotonic() - started, 2)
 
 
 # --- the work directory -------------------------------------------------------------------
@@ -376,7 +385,9 @@ class Verifier:
         candidate: Candidate | None = None
         with workspace() as work:
             try:
+                fetch_started = time.monotonic()
                 candidate = fetch(work)
+                candidate.seconds["fetch"] = round(time.monotonic() - fetch_started, 2)
                 revision, keys = self._trial(candidate, work)
             except VerifyFailed as err:
                 facts = candidate.recorded if candidate else SnapshotFacts()
@@ -389,7 +400,8 @@ class Verifier:
                              candidate.digest.sha256, revision, keys)
         trials.record(trial)
         log.info(result_line(trial), extra=kv(source=source, checks=",".join(candidate.checks),
-                                              seconds=f"{trial.seconds:.2f}"))
+                                              seconds=f"{trial.seconds:.2f}",
+                                              steps=",".join(f"{k}={v:g}s" for k, v in candidate.seconds.items())))
         return trial
 
     def _trial(self, candidate: Candidate, work: Path) -> tuple[int, int]:
@@ -397,7 +409,8 @@ class Verifier:
         if recorded.sha256 and recorded.sha256 != candidate.digest.sha256:
             raise VerifyFailed(f"the snapshot's SHA-256 is {candidate.digest.sha256}, save recorded {recorded.sha256}")
         try:
-            trailer = check_snapshot_hash(candidate.path)
+            with candidate.timed("trailer"):
+                trailer = check_snapshot_hash(candidate.path)
         except EtcdError as err:
             raise VerifyFailed(f"the snapshot is corrupt: {err}") from None
         if trailer is None:
@@ -405,7 +418,8 @@ class Verifier:
                                "file): etcd refuses to restore it")
         candidate.checks.append("etcd-hash-trailer")
         member = Member(work, self.runner, self.budgets, self.stop)
-        status = member.status(candidate.path)
+        with candidate.timed("status"):
+            status = member.status(candidate.path)
         found = SnapshotFacts.from_status(status, keys=None, size=candidate.digest.size,
                                           sha256=candidate.digest.sha256, version=None)
         diffs = disagreements(recorded, found, of="save recorded", by="the file has")
@@ -413,12 +427,15 @@ class Verifier:
             raise VerifyFailed(f"the snapshot is not the one save recorded ({'; '.join(diffs)})")
         candidate.checks.append("etcd-status")
         check_free_space(work, candidate.digest.size)  # the restore writes a copy of the db
-        member.restore(candidate.path, candidate.digest.size)
+        with candidate.timed("restore"):
+            member.restore(candidate.path, candidate.digest.size)
         try:
-            member.start()
-            revision, keys = member.read_back()
+            with candidate.timed("member"):
+                member.start()
+                revision, keys = member.read_back()
         finally:
-            member.close()
+            with candidate.timed("stop"):
+                member.close()
         expected_revision = recorded.revision if recorded.revision is not None else found.revision
         if expected_revision is not None and revision != expected_revision:
             raise VerifyFailed(f"the restored member answers revision {revision}, save recorded {expected_revision}")
