@@ -412,7 +412,7 @@ class Verifier:
             with candidate.timed("trailer"):
                 trailer = check_snapshot_hash(candidate.path)
         except EtcdError as err:
-            raise VerifyFailed(f"the snapshot is corrupt: {err}") from None
+            raise VerifyFailed(f"the snapshot is corrupt: {str(err).removeprefix('snapshot check failed: ')}") from None
         if trailer is None:
             raise VerifyFailed("the snapshot has no etcd hash trailer (cut short, or a copy of a member's db "
                                "file): etcd refuses to restore it")
