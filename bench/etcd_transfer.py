@@ -13,9 +13,12 @@ runs of each transfer, medians reported:
 - the server's time to listening on a cold start (extracting the zip) and on a second start
   (the file already extracted and verified).
 
-The Go tool's figures (1,086 MB snapshot, same kind of machine) are in the issue and cannot be
-measured here; they are shown as reference rows: 1.20-1.24 GB/s download, curl about
-0.9 GB/s, RSS 11 MiB client / 15 MiB server, 3 s to listening (it re-extracts every start).
+- the same transfers with the ``download`` client and the ``serve`` server of an earlier
+  revision (``SIDEKICK_BENCH_BASELINE_REV``, default ``2c79a61``: hand-framed HTTP on raw
+  sockets), alternated with ours in the same run: the cost of ``http.client``/``http.server``.
+
+The Go tool's figures (1,086 MB snapshot, same kind of machine) are in issue 15 and cannot be
+measured here: they are quoted in the baseline column, without a ratio.
 """
 
 from __future__ import annotations
@@ -28,23 +31,21 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import SIDEKICK, Row
+from bench.common import REPO, SIDEKICK, Row
 from tests.harness.env import clean_env
 from tests.harness.ports import free_port, port_open
 
 NAME = "bench_etcd_snapshot"
 MB = 1_000_000
-GO_DOWNLOAD_MBPS = 1200.0
-GO_CURL_MBPS = 900.0
-GO_RSS_CLIENT_MIB = 11.0
-GO_RSS_SERVER_MIB = 15.0
-GO_LISTEN_S = 3.0
+QUOTED = "quoted, issue 15"
+BASELINE_REV = os.environ.get("SIDEKICK_BENCH_BASELINE_REV", "2c79a61")
 CERTS = [
     "--cacert", "/etc/kubernetes/ssl/kube-ca.pem",
     "--cert", "/etc/kubernetes/ssl/kube-node.pem",
@@ -87,13 +88,33 @@ def _hwm_mib(pid: int) -> float:
     return 0.0
 
 
+def _tool(tree: Path | None) -> tuple[list[str], dict[str, str]]:
+    """The command prefix (and extra env) of this checkout's tool, or of an earlier one."""
+    if tree is None:
+        return [str(SIDEKICK)], {}
+    return [sys.executable, "-m", "sidekick"], {"PYTHONPATH": str(tree)}
+
+
+def _baseline_tree(base: Path) -> Path | None:
+    """The ``sidekick`` package of :data:`BASELINE_REV`, unpacked under ``base``."""
+    tree = base / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE_REV, "sidekick"], capture_output=True)
+    if archive.returncode != 0:
+        print(f"# etcd_transfer: no baseline revision {BASELINE_REV}", file=sys.stderr)
+        return None
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
 class _Server:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tree: Path | None = None) -> None:
         self.port = free_port()
         self.began = time.perf_counter()
+        prefix, extra = _tool(tree)
         self.process = subprocess.Popen(
-            [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "serve", "--name", NAME, *CERTS],
-            env=_env(root, self.port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [*prefix, "rke-etcd-backup", "etcd-backup", "serve", "--name", NAME, *CERTS],
+            env={**_env(root, self.port), **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         while not port_open(self.port):
             if self.process.poll() is not None:
@@ -190,13 +211,14 @@ class _Transfer:
     server_cpu: float = 0.0
 
 
-def _ours(server: _Server, peer: Path, size: int) -> _Transfer:
+def _ours(server: _Server, peer: Path, size: int, tree: Path | None = None) -> _Transfer:
     (peer / "backup" / NAME).unlink(missing_ok=True)  # else it is "already here" and skipped
     before = _cpu_seconds(server.process.pid)
+    prefix, extra = _tool(tree)
     wall, rss, cpu, output = _run_measured(
-        [str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
+        [*prefix, "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
          "--local-endpoint", "127.0.0.1", *CERTS],
-        _env(peer, server.port),
+        {**_env(peer, server.port), **extra},
     )
     done = re.search(r'msg="download done".* size=(\d+) seconds=([0-9.]+) mbps=([0-9.]+)', output)
     if not done or int(done.group(1)) != size:
@@ -236,8 +258,12 @@ def run() -> list[Row]:
         cold = _Server(source)  # extracts the zip before listening
         cold_rss = cold.stop()
         server = _Server(source)  # already extracted and verified
+        tree = _baseline_tree(base)
+        old_server = _Server(source, tree) if tree else None
         ours: list[_Transfer] = []
         curls: list[_Transfer] = []
+        old_client: list[_Transfer] = []  # the earlier download from our serve
+        old_serve: list[_Transfer] = []  # our download from the earlier serve
         curl_out = curl_dir / NAME
         try:
             for _ in range(repeat):  # alternating, each after the same warm-up: same conditions
@@ -245,8 +271,14 @@ def run() -> list[Row]:
                 ours.append(_ours(server, peer, size))
                 _warm_memory(base, size + size // 2)
                 curls.append(_curl(server, ssl, curl_out, size))
+                if old_server is not None:
+                    _warm_memory(base, size + size // 2)
+                    old_client.append(_ours(server, peer, size, tree))
+                    _warm_memory(base, size + size // 2)
+                    old_serve.append(_ours(old_server, peer, size))
         finally:
             server_rss = server.stop()
+            old_server_rss = old_server.stop() if old_server else 0.0
         curl_out.unlink()
         native_mbps = _curl_from_openssl(source / "backup", ssl, curl_out, size)
 
@@ -255,25 +287,37 @@ def run() -> list[Row]:
 
     mine, theirs = median([t.mbps for t in ours]), median([t.mbps for t in curls])
     spread = f"{size // MB} MB, median of {repeat}: " + "/".join(f"{t.mbps:.0f}" for t in ours)
-    return [
-        Row("etcd download from serve (transfer)", mine, "MB/s", "Go rke-tools (issue)", GO_DOWNLOAD_MBPS, spread),
+    rows = [
         Row("etcd download from serve (transfer)", mine, "MB/s", "curl from our serve", theirs,
-            "curl runs: " + "/".join(f"{t.mbps:.0f}" for t in curls)),
+            spread + "; curl runs: " + "/".join(f"{t.mbps:.0f}" for t in curls)),
+        Row("etcd download from serve (transfer)", mine, "MB/s", f"Go rke-tools 1200 ({QUOTED})"),
         Row("etcd download command (whole run)", size / MB / median([t.wall for t in ours]), "MB/s",
-            "Go rke-tools (issue)", GO_DOWNLOAD_MBPS, "includes interpreter start and fsync"),
-        Row("curl from our serve", theirs, "MB/s", "curl from Go serve (issue)", GO_CURL_MBPS),
+            note="includes interpreter start and fsync"),
         Row("curl from our serve", theirs, "MB/s", "curl from openssl s_server", native_mbps, "same mTLS, C server, 1 run"),
-        Row("etcd download peak RSS", max(t.rss for t in ours), "MiB", "Go rke-tools (issue)", GO_RSS_CLIENT_MIB,
-            "goal < 64"),
-        Row("etcd serve peak RSS", server_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB, "goal < 64"),
-        Row("etcd serve peak RSS, cold start", cold_rss, "MiB", "Go rke-tools (issue)", GO_RSS_SERVER_MIB,
-            "includes the extraction"),
-        Row("curl peak RSS", max(t.rss for t in curls), "MiB"),
+        Row("curl from our serve", theirs, "MB/s", f"curl from Go serve 900 ({QUOTED})"),
+        Row("etcd download peak RSS", max(t.rss for t in ours), "MiB", "curl peak RSS", max(t.rss for t in curls),
+            f"goal <= 32; Go rke-tools 11 ({QUOTED})"),
+        Row("etcd serve peak RSS", server_rss, "MiB", note=f"goal <= 24; Go rke-tools 15.5 ({QUOTED})"),
+        Row("etcd serve peak RSS, cold start", cold_rss, "MiB", note="includes the extraction"),
         Row("etcd download CPU per GB", median([t.cpu for t in ours]) / size * 1e9, "s", "curl from our serve",
             median([t.cpu for t in curls]) / size * 1e9, "receive + decrypt + SHA-256 + write"),
         Row("etcd serve CPU per GB", median([t.server_cpu for t in ours]) / size * 1e9, "s", "", None,
             "read + encrypt + send"),
-        Row("etcd serve: listening, file verified", server.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S,
-            "goal < 1"),
-        Row("etcd serve: listening, cold (extract)", cold.listen_seconds, "s", "Go rke-tools (issue)", GO_LISTEN_S),
+        Row("etcd serve: listening, file verified", server.listen_seconds, "s", note=f"goal < 1; Go 3 s ({QUOTED})"),
+        Row("etcd serve: listening, cold (extract)", cold.listen_seconds, "s"),
     ]
+    if old_client:
+        rows += [
+            Row("download (http.client) from serve", mine, "MB/s", f"download of {BASELINE_REV} (raw sockets)",
+                median([t.mbps for t in old_client]), "same serve, same run"),
+            Row("download CPU per GB (http.client)", median([t.cpu for t in ours]) / size * 1e9, "s",
+                f"download of {BASELINE_REV}", median([t.cpu for t in old_client]) / size * 1e9),
+            Row("download peak RSS (http.client)", max(t.rss for t in ours), "MiB", f"download of {BASELINE_REV}",
+                max(t.rss for t in old_client)),
+            Row("download from serve (http.server)", mine, "MB/s", f"from the serve of {BASELINE_REV}",
+                median([t.mbps for t in old_serve]), "same download, same run"),
+            Row("serve CPU per GB (http.server)", median([t.server_cpu for t in ours]) / size * 1e9, "s",
+                f"serve of {BASELINE_REV}", median([t.server_cpu for t in old_serve]) / size * 1e9),
+            Row("serve peak RSS (http.server)", server_rss, "MiB", f"serve of {BASELINE_REV}", old_server_rss),
+        ]
+    return rows

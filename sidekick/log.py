@@ -86,7 +86,3 @@ def setup(*, debug: bool | None = None) -> None:
 def set_debug(enabled: bool) -> None:
     if enabled:
         logging.getLogger("sidekick").setLevel(logging.DEBUG)
-
-
-def is_debug() -> bool:
-    return logging.getLogger("sidekick").isEnabledFor(logging.DEBUG)

@@ -54,6 +54,8 @@ PEER_BUDGET = 200.0
 PEER_CONNECT = 10.0
 PEER_IO = 60.0
 HANDSHAKE = 5.0  # serve: a client that cannot finish TLS in this time is dropped
+LOCK_WAIT = 60.0  # a second save or prune on the node waits this long for the first
+SPACE_MARGIN = 1.5  # free space needed before a snapshot: the last snapshot's size times this
 # verify (a trial restore): etcdctl snapshot restore, plus VERIFY_RATE time for the bytes; the
 # throwaway member's start; each query of it; its stop (SIGTERM, then SIGKILL).
 VERIFY_RESTORE = 120.0

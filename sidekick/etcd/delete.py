@@ -18,7 +18,7 @@ from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.options import Options
 from sidekick.etcd.retention import s3_snapshot_keys
 from sidekick.etcd.s3 import S3Config, S3Error, S3Store
-from sidekick.host.signals import StopRequest
+from sidekick.host.signals import stop_on_signals
 from sidekick.log import kv
 from sidekick.paths import host_path
 
@@ -39,7 +39,7 @@ def _remove(path_text: str) -> bool:
     return True
 
 
-def run_delete(opts: Options, *, store: S3Store | None = None) -> int:
+def run_delete(opts: Options) -> int:
     name = opts.name
     if not name:
         raise UsageError("snapshot name is required")
@@ -56,18 +56,13 @@ def run_delete(opts: Options, *, store: S3Store | None = None) -> int:
     if not opts.s3_backup:
         return 0
 
-    own = store is None
     try:
-        store = store or S3Store(S3Config.from_options(opts), budgets=Budgets.from_options(opts),
-                                 stop=StopRequest())
-        try:
+        with stop_on_signals() as stop, S3Store(S3Config.from_options(opts), budgets=Budgets.from_options(opts),
+                                                stop=stop) as store:
             store.check_bucket()
             prefix = store.config.key(name)
             keys = s3_snapshot_keys((o.key for o in store.list_objects(prefix, recursive=False)), prefix=prefix)
             deleted = store.delete_keys(keys)
-        finally:
-            if own:
-                store.close()
     except S3Error as err:
         raise SidekickError(f"failed to delete snapshot {name} from S3: {err}") from None
     if len(deleted) != len(keys):

@@ -143,7 +143,7 @@ def test_failed_ticks_never_stop_the_loop(root: Path) -> None:
     assert code == 0
     # No apiserver kubeconfig on this node: a warning, then the snapshot is still attempted.
     assert "Error while trying to retrieve cluster state" in "".join(lines)
-    assert os.listdir(root / "backup") == []
+    assert [n for n in os.listdir(root / "backup") if n != ".sidekick"] == []  # only the run lock's directory
 
 
 def test_sigterm_mid_snapshot_leaves_nothing_partial(root: Path, etcd_server: EtcdServer) -> None:
@@ -154,6 +154,8 @@ def test_sigterm_mid_snapshot_leaves_nothing_partial(root: Path, etcd_server: Et
         code, err = stop(proc)
     assert code == 0, err
     for name in os.listdir(root / "backup"):
+        if name == ".sidekick":  # the run lock's directory
+            continue
         assert name.endswith("_etcd.zip"), name
         with zipfile.ZipFile(root / "backup" / name) as zf:
             assert zf.testzip() is None
@@ -237,3 +239,48 @@ def test_stop_during_upload_aborts_it(tmp_path: Path, s3_http: S3Server) -> None
     client = s3_http.client()
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+# --- S3 catch-up ------------------------------------------------------------------------------
+def test_catch_up_after_an_s3_outage_then_nothing_more(root: Path, etcd_server: EtcdServer, s3_http: S3Server) -> None:
+    import hashlib
+    import threading
+
+    from tests.harness.faults import Fault, FaultyHttp
+
+    bucket = s3_http.new_bucket()
+    down = threading.Event()
+    down.set()
+    proxy = FaultyHttp(s3_http.port, lambda method, path: Fault(status=503) if down.is_set() else None)
+    lines: list[str] = []
+    proc = start_rolling(root, etcd_server.endpoint, "--retention=1h", "--s3-catch-up=10",
+                         *rke_s3_flags(proxy.endpoint, bucket),
+                         env={**rke_s3_env(ACCESS_KEY, SECRET_KEY), "SIDEKICK_BUDGET_SCALE": "0.02"})
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+
+    def ends_of_ticks() -> int:
+        return sum("S3 snapshots" in line for line in list(lines))  # "no expired"/"deleted expired"
+
+    try:
+        wait_for(lambda: len(rolling_zips(root)) >= 3, timeout=90, what="three snapshots while S3 is down")
+        assert ends_of_ticks() == 0 and "failed to upload etcd snapshot file" in "".join(lines)
+        down.clear()  # S3 is back
+        wait_for(lambda: ends_of_ticks() >= 1, timeout=60, what="a tick with S3 back")
+        local = rolling_zips(root)
+        stored = {o["Key"] for o in s3_http.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+        assert set(local) <= stored  # every snapshot of the outage caught up, in one tick
+        for name in local:
+            head = s3_http.client().head_object(Bucket=bucket, Key=name)
+            assert head["Metadata"]["archive-sha256"] == hashlib.sha256((root / "backup" / name).read_bytes()).hexdigest()
+        before = dict(proxy.requests)
+        wait_for(lambda: ends_of_ticks() >= 2, timeout=60, what="the following tick")
+        after = dict(proxy.requests)
+    finally:
+        code, _ = stop(proc)
+        proxy.close()
+    assert code == 0
+    # The following tick: its own snapshot only (HeadBucket, HeadObject, one PUT), and listings.
+    assert after.get("PUT", 0) - before.get("PUT", 0) == 1, (before, after)
+    assert after.get("HEAD", 0) - before.get("HEAD", 0) == 2, (before, after)
+    assert "caught up" in "".join(lines)
