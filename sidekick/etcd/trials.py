@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 RECORD_DIR = "/backup/.sidekick/verified"
 RECORD_MODE = 0o644
+# Records are not deleted with their snapshot (an S3 copy may outlive the local one), so the
+# directory keeps the newest MAX_RECORDS (a rolling --verify every 5 minutes: three days).
+MAX_RECORDS = 1000
 METHOD = "trial-restore"  # etcdctl snapshot restore, then a throwaway member read back
 
 
@@ -65,8 +68,25 @@ def record(trial: Trial) -> None:
         path = directory / f"{trial.name}.json"
         remove_leftovers(directory, names=[path.name])  # a kill -9 mid-write
         atomic_write(path, json.dumps(asdict(trial), sort_keys=True) + "\n", mode=RECORD_MODE)
+        trim(directory, keep=MAX_RECORDS)
     except OSError as err:
         log.warning("cannot record the verification", extra=kv(name=trial.name, error=err.strerror or str(err)))
+
+
+def trim(directory: Path, *, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest records; return what went."""
+    records = []
+    for path in directory.iterdir():
+        if path.suffix == ".json" and not path.name.startswith("."):
+            with contextlib.suppress(FileNotFoundError):
+                records.append((path.stat().st_mtime_ns, path))
+    records.sort(reverse=True)
+    removed = []
+    for _, path in records[keep:]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _parse(text: str) -> Trial | None:

@@ -173,3 +173,13 @@ def test_s3_down_still_lists_local_rows_and_exits_partial(populated: dict[str, S
         assert NEW in done.stdout and OLD in done.stdout
         assert "S3 NOT LISTED (partial listing): " in done.stdout
     assert SECRET_KEY not in done.stdout + done.stderr
+
+
+def test_verify_records_are_bounded(root: Path) -> None:
+    for i in range(5):
+        trials.record(trials.Trial(f"snap-{i}", True, "2026-12-01T00:00:00Z", "local", 1.0))
+        stamp = time.time() - 100 + i
+        os.utime(trials.record_dir() / f"snap-{i}.json", (stamp, stamp))
+    removed = trials.trim(trials.record_dir(), keep=3)
+    assert sorted(p.name for p in removed) == ["snap-0.json", "snap-1.json"]
+    assert sorted(trials.recall_all()) == ["snap-2", "snap-3", "snap-4"]
