@@ -352,3 +352,29 @@ def test_rolling_save_verifies_each_tick(root: Path, etcd_server: EtcdServer) ->
     assert records and all(json.loads(p.read_text())["ok"] for p in records)
     assert_nothing_left(root, snapshot_of(root))
 
+
+
+def test_save_uploads_the_facts_and_the_upload_verifies(root: Path, etcd_server: EtcdServer, s3_https: S3Server,
+                                                        tmp_path: Path) -> None:
+    """The real thing end to end: save --once to S3 records the facts as metadata; verify of
+    the S3 copy, on a node without the local archive, checks them and restores."""
+    bucket = s3_https.new_bucket()
+    name = "c-verify-s3_2026-12-01T01:00:00Z"
+    for i in range(3):
+        etcd_server.put(f"/verify-s3/key-{i}", "value")
+    saved = run_sidekick(["rke-etcd-backup", *rke_save_argv(etcd_server.endpoint, name, "--once",
+                                                             *s3_flags(s3_https, bucket))], root=root, env=ENV)
+    assert saved.returncode == 0, saved.stderr
+    local = root / "backup" / f"{name}.zip"
+    facts = recorded(local.read_bytes(), tmp_path)
+    metadata = s3_https.client().head_object(Bucket=bucket, Key=f"cluster-a/{name}.zip")["Metadata"]
+    assert SnapshotFacts.from_metadata(metadata) == facts and facts.revision and facts.keys
+    local.unlink()
+
+    done = run_sidekick(["rke-etcd-backup", "etcd-backup", "verify", "--name", name, *s3_flags(s3_https, bucket)],
+                        root=root, env=ENV, timeout=180)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"verified {name} revision={facts.revision} keys={facts.keys} sha256={facts.sha256}"
+    assert "checks=\"zip-crc32,manifest-sha256,s3-archive-sha256,s3-metadata," in done.stderr
+    assert_nothing_left(root, {})
