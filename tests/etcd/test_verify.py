@@ -378,3 +378,17 @@ def test_save_uploads_the_facts_and_the_upload_verifies(root: Path, etcd_server:
     assert done.stdout.strip() == f"verified {name} revision={facts.revision} keys={facts.keys} sha256={facts.sha256}"
     assert "checks=\"zip-crc32,manifest-sha256,s3-archive-sha256,s3-metadata," in done.stderr
     assert_nothing_left(root, {})
+
+
+def test_snapshot_of_an_empty_etcd_verifies(root: Path, etcd_ssl: RkeSsl, tmp_path: Path) -> None:
+    """No key at all: snapshot status says revision 0, a member starts at revision 1."""
+    empty = EtcdServer(tmp_path / "empty-etcd", etcd_ssl).start()
+    try:
+        saved = run_sidekick(["rke-etcd-backup", *rke_save_argv(empty.endpoint, NAME, "--once")], root=root,
+                             env={"SIDEKICK_RETRY_WAIT": "0"})
+    finally:
+        empty.stop()
+    assert saved.returncode == 0, saved.stderr
+    done = verify(root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"verified {NAME} revision=1 keys=0 ")
