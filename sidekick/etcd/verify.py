@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -164,6 +165,19 @@ def _hash_file(path: Path) -> Digest:
     return Digest(path.stat().st_size, file_sha256(path))
 
 
+def _copy_hashed(src: Path, dest: Path, *, stop: StopRequest, chunk: int = 1 << 20) -> Digest:
+    sha = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as source, open(dest, "xb") as out:
+        while data := source.read(chunk):
+            if stop.is_set():
+                raise Stopped("copy interrupted")
+            sha.update(data)
+            out.write(data)
+            size += len(data)
+    return Digest(size, sha.hexdigest())
+
+
 def from_archive(zip_path: Path, name: str, work: Path, *, stop: StopRequest, label: str) -> Candidate:
     """Inflate the archive's ``/backup/<name>`` into ``work``: exact name, bomb limits, CRC, manifest."""
     try:
@@ -182,8 +196,8 @@ def fetch_local(name: str, work: Path, *, stop: StopRequest) -> Candidate:
     zip_path, raw = layout.archive_path(name), layout.snapshot_path(name)
     if zip_path.is_file():
         return from_archive(zip_path, name, work, stop=stop, label=layout.archive_entry(name))
-    if raw.is_file():  # read in place: etcdctl only reads it
-        return Candidate(raw, _hash_file(raw), SnapshotFacts())
+    if raw.is_file():  # a bare snapshot (older tools): copied, so nothing ever opens RKE's file but us
+        return Candidate(work / SNAPSHOT_FILE, _copy_hashed(raw, work / SNAPSHOT_FILE, stop=stop), SnapshotFacts())
     raise SidekickError(f"snapshot {name} not found: neither {layout.archive_entry(name)} "
                         f"nor {layout.snapshot_entry(name)} exists")
 

@@ -392,3 +392,14 @@ def test_snapshot_of_an_empty_etcd_verifies(root: Path, etcd_ssl: RkeSsl, tmp_pa
     done = verify(root)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"verified {NAME} revision=1 keys=0 ")
+
+
+def test_a_bare_snapshot_file_verifies_from_a_copy(root: Path, golden: bytes, tmp_path: Path) -> None:
+    """Older tools left /backup/<name> without an archive: verified from a copy, by etcd's trailer."""
+    raw = root / "backup" / NAME
+    raw.write_bytes(_snapshot(golden, tmp_path))
+    before = snapshot_of(root)
+    done = verify(root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"verified {NAME} revision={recorded(golden, tmp_path).revision} ")
+    assert_nothing_left(root, before)
