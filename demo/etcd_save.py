@@ -105,3 +105,25 @@ def rolling_retention(ctx: Context) -> str:
     tick = _field(text, "rolling snapshot", "name")
     return (f"tick {tick} saved and uploaded; expired {expired}.zip removed from S3: {gone_s3}, "
             f"locally: {gone_local}; SIGTERM -> exit {proc.returncode}; bucket now holds {len(keys)} objects")
+
+
+def prune_dry_run(ctx: Context) -> str:
+    """A keep-daily policy over two weeks of 6-hourly snapshots: what prune would delete, and why."""
+    import datetime as dt
+
+    from sidekick.etcd.retention import rolling_name
+
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    names = [f"{rolling_name(now - dt.timedelta(hours=6 * i))}.zip" for i in range(56)]
+    for name in names:
+        (ctx.root / "backup" / name).write_bytes(b"PK")
+    result = ctx.sidekick("rke-etcd-backup", "etcd-backup", "prune", "--dry-run", "--retention=24h",
+                          "--keep-daily=7")
+    lines = result.stdout.splitlines()
+    deletes = [line for line in lines if line.startswith("delete local")]
+    kept_daily = [line for line in lines if line.startswith("keep local") and "daily" in line]
+    for name in names:  # the demo's own history goes again; the dry run deleted nothing
+        (ctx.root / "backup" / name).unlink()
+    return (f"{len(names)} snapshots (2 weeks, 6-hourly), --retention=24h --keep-daily=7: "
+            f"{len(deletes)} would go, {len(lines) - len(deletes)} stay ({len(kept_daily)} by keep-daily); "
+            f"e.g. '{deletes[0]}' / '{kept_daily[-1]}'")

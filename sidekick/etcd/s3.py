@@ -24,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import posixpath
@@ -184,6 +185,30 @@ class S3Config:
         return f"{self.folder}/{filename}" if self.folder else filename
 
 
+@functools.cache
+def _session() -> Any:
+    """One boto3 session per process: it keeps the parsed S3 models, the costly part of a client."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    # botocore parses every LastModified with dateutil (~100 us each): a listing of 10,000
+    # objects spent most of its client time there.
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+    return boto3.session.Session(botocore_session=core)
+
+
+def warm_up() -> None:
+    """Import boto3 and parse the S3 models ahead of need: ``save --once`` runs this on a thread
+    while etcd takes the snapshot, so a small snapshot's upload does not wait for it. A client
+    with placeholder keys and endpoint: nothing is sent, no credential chain is asked."""
+    try:
+        _session().client("s3", region_name=DEFAULT_REGION, endpoint_url="https://127.0.0.1",
+                          aws_access_key_id="warm-up", aws_secret_access_key="warm-up").close()
+    except Exception as err:  # the real client will say what is wrong
+        log.debug("S3 warm-up failed: %s", err)
+
+
 def describe_error(err: BaseException) -> str:
     """One line that says why, for the last stderr line RKE shows."""
     from botocore import exceptions as bex
@@ -250,8 +275,6 @@ class S3Store:
             events.register(f"after-call.s3.{operation}", self._upload_ended)
 
     def _make_client(self) -> S3Client:
-        import boto3
-        import botocore.session
         from botocore.config import Config
 
         cfg = self.config
@@ -268,12 +291,7 @@ class S3Store:
         else:
             log.info("no S3 keys given: using the instance's IAM role")
         request = self.budgets.seconds(S3_REQUEST)
-        core = botocore.session.get_session()
-        # botocore parses every LastModified with dateutil (~100 us each): a listing of 10,000
-        # objects spent most of its client time there.
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-        session = boto3.session.Session(botocore_session=core)
-        return session.client(
+        return _session().client(
             "s3",
             endpoint_url=endpoint_url(cfg.endpoint),
             region_name=cfg.region or DEFAULT_REGION,

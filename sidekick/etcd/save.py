@@ -31,6 +31,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from pathlib import Path
 from sidekick import __version__
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import catchup, layout, prune, retention
+from sidekick.etcd import catchup, layout, prune, retention, s3
 from sidekick.etcd.archive import ArchiveResult, EntryResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
@@ -309,12 +310,16 @@ class Saver:
     def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
+        warming = threading.Thread(target=s3.warm_up, name="s3-warm-up", daemon=True)
+        if self.opts.s3_backup:
+            warming.start()  # boto3 loads while etcdctl works
         try:
             snap = self.take_snapshot(name)
         except Stopped:
             raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'}: "
                           "no snapshot was written") from None
         if self.opts.s3_backup:
+            warming.join()
             try:
                 with self.s3() as store:
                     self.upload(store, snap)
