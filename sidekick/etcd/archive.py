@@ -5,7 +5,9 @@ names that are ABSOLUTE paths (``/backup/<name>`` and optionally
 ``/etc/kubernetes/<name>.rkestate``; the Go extractor matches the name exactly, and
 ``zipfile.ZipFile.write`` would strip the slash), mode 0600. Added, and ignored by Go: the zip
 comment is a JSON manifest ``{"sidekick": 1, "sha256": {entry name: hex}}`` so any later
-reader can check the snapshot end to end (:func:`read_manifest`).
+reader can check the snapshot end to end (:func:`read_manifest`), plus, when ``save`` knows
+them, ``"snapshot": {...}``: what a restore must reproduce (:mod:`sidekick.etcd.facts`).
+Readers take what they know and ignore the rest, so older manifests read as before.
 
 Speed: the input is cut into ``chunk_size``
 pieces deflated in parallel with ISA-L (``isal``; level 2 keeps the ratio of zlib's default
@@ -25,7 +27,7 @@ import os
 import struct
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,8 +224,10 @@ def _central_directory(writer: _HashingWriter, entries: Sequence[EntryResult], c
     writer.write(comment)
 
 
-def manifest_comment(entries: Sequence[EntryResult]) -> bytes:
-    body = {"sidekick": MANIFEST_VERSION, "sha256": {e.name: e.sha256 for e in entries}}
+def manifest_comment(entries: Sequence[EntryResult], facts: Mapping[str, object] | None = None) -> bytes:
+    body: dict[str, object] = {"sidekick": MANIFEST_VERSION, "sha256": {e.name: e.sha256 for e in entries}}
+    if facts:
+        body["snapshot"] = dict(facts)
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -235,10 +239,12 @@ def write_archive(
     chunk_size: int = DEFAULT_CHUNK,
     workers: int | None = None,
     on_input: Callable[[int], None] | None = None,
+    facts: Callable[[list[EntryResult]], Mapping[str, object] | None] | None = None,
 ) -> ArchiveResult:
     """Write ``dest`` atomically (temp name, fsync, rename; mode 0600) from ``(name, path)``.
 
-    ``on_input(n)`` is called as input bytes are consumed (progress lines).
+    ``on_input(n)`` is called as input bytes are consumed (progress lines); ``facts(entries)``
+    gives the manifest's ``"snapshot"`` object once the entries' digests are known.
     """
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     with (
@@ -256,13 +262,13 @@ def write_archive(
                                  level=level, chunk_size=chunk_size, pool=pool, hasher=hasher,
                                  workers=workers, on_input=on_input)
                 )
-        _central_directory(writer, results, manifest_comment(results))
+        _central_directory(writer, results, manifest_comment(results, facts(results) if facts else None))
     return ArchiveResult(dest, writer.offset, writer.sha.hexdigest(), results)
 
 
-def read_manifest(zip_path: Path) -> dict[str, str]:
-    """The ``{entry name: sha256 hex}`` recorded by :func:`write_archive`; ``{}`` when absent
-    (archives of the Go tool have no comment) or unreadable."""
+def read_manifest_document(zip_path: Path) -> dict[str, object]:
+    """The whole JSON manifest written by :func:`write_archive`; ``{}`` when absent (archives
+    of the Go tool have no comment) or unreadable."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
             comment = archive.comment
@@ -274,7 +280,17 @@ def read_manifest(zip_path: Path) -> dict[str, str]:
         return {}
     if not isinstance(body, dict) or "sidekick" not in body or not isinstance(body.get("sha256"), dict):
         return {}
-    return {str(k): str(v) for k, v in body["sha256"].items()}
+    return body
+
+
+def manifest_digests(body: Mapping[str, object]) -> dict[str, str]:
+    digests = body.get("sha256")
+    return {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else {}
+
+
+def read_manifest(zip_path: Path) -> dict[str, str]:
+    """The ``{entry name: sha256 hex}`` recorded by :func:`write_archive`; ``{}`` when absent."""
+    return manifest_digests(read_manifest_document(zip_path))
 
 
 def file_sha256(path: Path, *, chunk_size: int = 1 << 20) -> str:

@@ -15,6 +15,9 @@ the same 300 s. So, with the default flags:
   ``save --once`` therefore ends within about 200 s under any S3 fault, well before RKE stops
   waiting, and its last line carries ``failed to upload etcd snapshot file``.
 - The cluster state fetch and the peer download have their own budgets below.
+- ``verify`` fetches within the S3 or peer budget, then bounds each local step: the snapshot
+  check by :data:`STATUS_TIMEOUT`, the restore by :meth:`Budgets.restore`, the throwaway
+  member by :data:`VERIFY_START`, :data:`VERIFY_QUERY` and :data:`VERIFY_STOP`.
 
 ``SIDEKICK_BUDGET_SCALE`` (default 1) multiplies every budget, so tests run the same logic
 in seconds; ``SIDEKICK_RETRY_WAIT`` (default 15) sets the waits.
@@ -52,6 +55,14 @@ PEER_IO = 60.0
 HANDSHAKE = 5.0  # serve: a client that cannot finish TLS in this time is dropped
 LOCK_WAIT = 60.0  # a second save or prune on the node waits this long for the first
 SPACE_MARGIN = 1.5  # free space needed before a snapshot: the last snapshot's size times this
+# verify (a trial restore): etcdctl snapshot restore, plus VERIFY_RATE time for the bytes; the
+# throwaway member's start; each query of it; its stop (SIGTERM, then SIGKILL).
+VERIFY_RESTORE = 120.0
+VERIFY_RATE = 20_000_000  # bytes per second a restore (a local copy and a bolt rewrite) keeps up
+VERIFY_START = 60.0
+VERIFY_QUERY = 15.0
+VERIFY_STOP = 10.0
+LIST_S3 = 60.0  # list: every S3 request of one listing (pages, and HEADs with --details)
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ class Budgets:
     def for_bytes(self, size: int) -> float:
         """Time for ``size`` bytes at the slowest rate still called progress."""
         return size / MIN_RATE * self.scale
+
+    def restore(self, size: int) -> float:
+        """``etcdctl snapshot restore`` of ``size`` bytes: :data:`VERIFY_RESTORE` plus the bytes."""
+        return (VERIFY_RESTORE + size / VERIFY_RATE) * self.scale
 
     def etcd(self, retries: int) -> Policy:
         return Policy(attempts=retries + 1, first_wait=self.retry_wait * 2 / 15, max_wait=self.retry_wait,

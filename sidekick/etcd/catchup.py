@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from sidekick.etcd import layout, retention
-from sidekick.etcd.archive import file_sha256, read_manifest
+from sidekick.etcd.archive import file_sha256, manifest_digests, read_manifest_document
+from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.prune import local_files
 from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Store
 from sidekick.log import kv
@@ -63,8 +64,10 @@ def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "") -> 
         if uploaded >= limit:
             log.info("more local snapshots are missing from S3: the next run continues", extra=kv(limit=limit))
             break
-        manifest = read_manifest(path)
-        metadata = {ARCHIVE_SHA_META: sha}
+        document = read_manifest_document(path)
+        manifest = manifest_digests(document)
+        # The facts save recorded travel as metadata, as with a tick's own upload.
+        metadata = {**SnapshotFacts.from_manifest(document.get("snapshot")).to_metadata(), ARCHIVE_SHA_META: sha}
         snapshot_sha = manifest.get(layout.snapshot_entry(snapshot.name[: -len(layout.ARCHIVE_SUFFIX)]))
         if snapshot_sha:
             metadata[SNAPSHOT_SHA_META] = snapshot_sha

@@ -184,6 +184,13 @@ KEEP = [_opt(o.flag, o.param, default=None, help=f"{o.help} (env {o.env})", meta
 S3_CATCH_UP = _opt("--s3-catch-up", "s3_catch_up", type=GO_UINT, default=0, envvar="SIDEKICK_S3_CATCH_UP",
                    help="upload up to N local snapshots the bucket lacks (or holds different), oldest first")
 DRY_RUN = _bool("--dry-run", "dry_run", None, "print what would be deleted, and why; delete nothing")
+VERIFY = _bool("--verify", "verify", "SIDEKICK_VERIFY",
+               "rolling mode: verify each new snapshot by a trial restore (ours)")
+VERIFY_EVERY = _opt("--verify-every", "verify_every", type=GO_UINT, default=0, envvar="SIDEKICK_VERIFY_EVERY",
+                    help="rolling mode: verify every Nth snapshot (ours; implies --verify)")
+OUTPUT = _opt("--output", "output", type=click.Choice(["table", "json"]), default="table",
+              help="list: a table for people or JSON (docs/list-schema.json)")
+DETAILS = _bool("--details", "details", None, "list: read each S3 object's metadata (one HEAD per object)")
 
 S3_COMMON = [S3_ENDPOINT, S3_ACCESS, S3_SECRET, S3_BUCKET, S3_REGION, S3_CA, S3_FOLDER]
 COMMON = [ENDPOINTS, DEBUG, NAME, CACERT, CERT, KEY, LOCAL_ENDPOINT, S3_BACKUP_ENV, *S3_COMMON]
@@ -238,7 +245,8 @@ def _command(name: str, flags: Sequence[Decorator], target: str, help: str) -> c
     return command
 
 
-_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, *KEEP, S3_CATCH_UP], "sidekick.etcd.save:run_save",
+_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, *KEEP, S3_CATCH_UP, VERIFY, VERIFY_EVERY],
+         "sidekick.etcd.save:run_save",
          "Take a snapshot (once or rolling) and back it up to S3 compatible storage.")
 _command("prune", [RETENTION, DRY_RUN, DEBUG, *KEEP, S3_BACKUP_ENV, *S3_COMMON, S3_RETRIES], "sidekick.etcd.prune:run_prune",
          "Delete the rolling snapshots the retention policy no longer keeps (local, and S3 with --s3-backup).")
@@ -250,6 +258,10 @@ _command("extractstatefile", SNAPSHOT, "sidekick.etcd.restore:run_extractstatefi
          "Extract the cluster state file from a snapshot archive.")
 _command("serve", [NAME, CACERT, CERT, KEY], "sidekick.etcd.serve:run_serve",
          "Serve the local snapshot over mutual TLS on port 2379.")
+_command("list", [DEBUG, S3_BACKUP_ENV, *S3_COMMON, OUTPUT, DETAILS], "sidekick.etcd.listing:run_list",
+         "List the snapshots in /backup and S3 with what save recorded and the last verification.")
+_command("verify", COMMON, "sidekick.etcd.verify:run_verify",
+         "Prove a snapshot restores: restore it into a throwaway etcd member and read it back.")
 
 
 @click.group(name=PROG, context_settings={"help_option_names": ["--help", "-h"]})

@@ -126,6 +126,12 @@ class Etcdctl:
         if progress is not None and size > seen[0]:
             progress.add(size - seen[0])
 
+    def key_count(self, revision: int) -> int:
+        """Live keys at ``revision``: RangeResponse's ``count`` (all keys, whatever ``--limit``)."""
+        result = self.runner.run(self._argv(*KEY_COUNT_ARGS, f"--rev={revision}"),
+                                 timeout=self.budgets.seconds(HEALTH_TIMEOUT), env=self._env(), check=False)
+        return parse_key_count(result.returncode, result.stdout, result.stderr)
+
     def snapshot_status(self, path: Path) -> dict[str, object]:
         result = self.runner.run([self.binary, "snapshot", "status", str(path), "-w", "json"],
                                  timeout=self.budgets.seconds(STATUS_TIMEOUT), env=self._env(), check=False)
@@ -139,6 +145,23 @@ class Etcdctl:
         if not isinstance(status, dict):
             raise EtcdError("snapshot check failed: unexpected status output")
         return status
+
+
+# A range over every key that returns at most one, keys only: etcd still reports the count.
+KEY_COUNT_ARGS = ("get", "", "--prefix", "--keys-only", "--limit=1", "-w", "json")
+
+
+def parse_key_count(returncode: int, stdout: bytes, stderr: bytes) -> int:
+    """The ``count`` of ``etcdctl get ... -w json`` (absent when zero), or EtcdError."""
+    if returncode != 0:
+        text = (stderr + stdout).decode(errors="replace")
+        raise EtcdError(f"cannot count keys: {_last_line(text) or f'exit {returncode}'}")
+    try:
+        answer = json.loads(stdout.decode(errors="replace"))
+        count = int(answer.get("count") or 0)
+    except (ValueError, AttributeError, TypeError):
+        raise EtcdError("cannot count keys: etcdctl printed no JSON answer") from None
+    return count
 
 
 def check_snapshot_hash(path: Path, *, chunk: int = 1 << 20) -> bool | None:

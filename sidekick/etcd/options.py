@@ -61,6 +61,9 @@ class Options:
       ``SIDEKICK_S3_CATCH_UP``), local archives uploaded per run when S3 lacks them.
     - ``retry_wait``: seconds between etcd snapshot attempts; not a flag of the original:
       env ``SIDEKICK_RETRY_WAIT`` (default 15) so tests need not sleep a minute.
+    - Ours, not the original's: ``verify``/``verify_every`` (rolling ``save``: a trial
+      restore after every tick, or every Nth), ``output`` (``list``: table or json) and
+      ``details`` (``list``: read each S3 object's metadata).
     """
 
     command: str = ""
@@ -89,6 +92,10 @@ class Options:
     dry_run: bool = False
     s3_catch_up: int = 0
     retry_wait: float = DEFAULT_RETRY_WAIT
+    verify: bool = False
+    verify_every: int = 0
+    output: str = "table"
+    details: bool = False
 
 
 def retry_wait_from_env() -> float:

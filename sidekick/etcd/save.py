@@ -37,12 +37,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidekick import __version__
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import catchup, layout, prune, retention, s3
-from sidekick.etcd.archive import ArchiveResult, write_archive
+from sidekick.etcd.archive import ArchiveResult, EntryResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
+from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
@@ -62,6 +64,7 @@ UPLOAD_FAILED = "failed to upload etcd snapshot file"
 class Snapshot:
     name: str
     archive: ArchiveResult
+    facts: SnapshotFacts = field(default_factory=SnapshotFacts)
 
     @property
     def snapshot_sha256(self) -> str:
@@ -79,6 +82,7 @@ class Saver:
     store_factory: Callable[..., S3Store] = S3Store
     progress_interval: float = 5.0
     telemetry: Telemetry | None = None
+    _ticks: int = 0  # rolling ticks so far (--verify-every counts them)
 
     def __post_init__(self) -> None:
         self.policy = prune.policy_of(self.opts)
@@ -145,22 +149,45 @@ class Saver:
             progress = Progress(log, "etcd snapshot", interval=self.progress_interval, name=name)
             ctl.snapshot_save(raw, stop=self.stop, progress=progress)
             progress.finish(size=raw.stat().st_size)
-            verify_snapshot(ctl, raw)
-            return self._archive(name, raw)
+            status = verify_snapshot(ctl, raw)
+            return self._archive(name, raw, status, self._key_count(ctl, status))
         finally:
             for leftover in (raw, raw.with_name(raw.name + ".part")):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
 
-    def _archive(self, name: str, raw: Path) -> Snapshot:
+    @staticmethod
+    def _key_count(ctl: Etcdctl, status: dict[str, object]) -> int | None:
+        """Live keys at the snapshot's revision, for ``verify`` to compare; None if etcd cannot say."""
+        revision = status.get("revision")
+        if not isinstance(revision, int):
+            return None
+        try:
+            return ctl.key_count(revision)
+        except SidekickError as err:
+            log.warning("cannot count the snapshot's keys (verify will compare the revision only)",
+                        extra=kv(revision=revision, error=str(err)))
+            return None
+
+    def _archive(self, name: str, raw: Path, status: dict[str, object] | None = None,
+                 keys: int | None = None) -> Snapshot:
         state = layout.state_path(name)
+        facts: list[SnapshotFacts] = []
+
+        def manifest_facts(results: list[EntryResult]) -> dict[str, object]:
+            entry = results[0]
+            facts.append(SnapshotFacts.from_status(status or {}, keys=keys, size=entry.size, sha256=entry.sha256,
+                                                   version=__version__))
+            return facts[0].to_manifest()
+
         entries = [(layout.snapshot_entry(name), raw)]
         if state.is_file():
             entries.append((layout.state_entry(name), state))
         progress = Progress(log, "archive", total=raw.stat().st_size, interval=self.progress_interval,
                             name=f"{name}.zip")
         try:
-            result = write_archive(layout.archive_path(name), entries, on_input=self._interruptible(progress.add))
+            result = write_archive(layout.archive_path(name), entries, on_input=self._interruptible(progress.add),
+                                   facts=manifest_facts)
         except OSError as err:
             raise SidekickError(f"cannot write {describe_os_error(err, layout.archive_entry(name))}") from None
         snapshot_sha = result.manifest[layout.snapshot_entry(name)]
@@ -175,7 +202,7 @@ class Saver:
                 state.unlink()
         log.info("Created local backup", extra=kv(name=name, path=layout.archive_entry(name), size=result.size,
                                                   snapshot_sha256=snapshot_sha, archive_sha256=result.sha256))
-        return Snapshot(name, result)
+        return Snapshot(name, result, facts[0] if facts else SnapshotFacts())
 
     def check_space(self) -> None:
         """Refuse to start a snapshot that cannot fit: the last one's size (and its archive)
@@ -218,7 +245,8 @@ class Saver:
                 log.info("Skipping upload to s3 because snapshot already exists and versioning is not enabled "
                          "for the bucket", extra=kv(name=snap.name, key=key))
                 return
-            metadata = {SNAPSHOT_SHA_META: snap.snapshot_sha256, ARCHIVE_SHA_META: snap.archive.sha256}
+            metadata = {**snap.facts.to_metadata(), SNAPSHOT_SHA_META: snap.snapshot_sha256,
+                        ARCHIVE_SHA_META: snap.archive.sha256}
             progress = Progress(log, "upload", total=snap.archive.size, interval=self.progress_interval,
                                 key=key, bucket=store.config.bucket)
             store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
@@ -303,9 +331,27 @@ class Saver:
         return 0
 
     def tick(self, when: dt.datetime) -> None:
+        name = retention.rolling_name(when)
+        self._ticks += 1
+        self._tick(when, name)
+        every = verify_period(self.opts)
+        if every and self._ticks % every == 0:
+            self.checkpoint()
+            self.verify(name)
+
+    def verify(self, name: str) -> None:
+        """The trial restore of the local archive just written (``--verify``)."""
+        from sidekick.etcd.verify import Verifier, VerifyFailed
+
+        with self.stage("verify"):
+            try:
+                Verifier(self.runner, self.budgets, self.stop).local(name)
+            except VerifyFailed as err:
+                raise SidekickError(f"verify {name} failed: {err}") from None
+
+    def _tick(self, when: dt.datetime, name: str) -> None:
         from sidekick.etcd.clusterstate import StateError, write_statefile
 
-        name = retention.rolling_name(when)
         log.info("rolling snapshot", extra=kv(name=name))
         self.clean_leftovers()  # a crashed run restarted by Docker left them
         try:
@@ -364,11 +410,19 @@ class Saver:
         return 0
 
 
+def verify_period(opts: Options) -> int:
+    """Verify every Nth rolling snapshot: ``--verify-every N``, or 1 with ``--verify``, else 0 (never)."""
+    return opts.verify_every or (1 if opts.verify else 0)
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:.0f} MB" if size >= 10_000_000 else f"{size / 1e6:.1f} MB"
 
 
 def _validate(opts: Options) -> None:
+    if opts.once and verify_period(opts):
+        raise UsageError("--verify and --verify-every apply to rolling snapshots; for one snapshot run "
+                         "'etcd-backup verify --name NAME' after it")
     if opts.creation <= dt.timedelta(0) or opts.retention <= dt.timedelta(0):
         raise UsageError(
             f"Creation period and/or retention are not set (creation={format_go_duration(opts.creation)}, "

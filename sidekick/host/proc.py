@@ -25,6 +25,7 @@ class Runner:
         env: Mapping[str, str] | None = None,
         check: bool = True,
         input: bytes | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         log.debug("run %s", " ".join(argv))
         try:
@@ -34,6 +35,7 @@ class Runner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=None if env is None else dict(env),
+                cwd=cwd,
             )
         except FileNotFoundError:
             raise SidekickError(f"{argv[0]}: command not found") from None

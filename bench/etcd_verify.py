@@ -1,0 +1,120 @@
+"""``verify`` (a trial restore) on a real snapshot, beside etcdctl's own steps alone.
+
+Measured in the same run, on the same snapshot (``BENCH_ETCD_VERIFY_MB``, default 512 MB of
+JSON-ish 100 kB values in a real etcd, saved by ``save --once``):
+
+- ``etcdctl snapshot status`` and ``etcdctl snapshot restore`` of the uncompressed file alone,
+  wall time and etcdctl's peak RSS;
+- ``etcd-backup verify --name N`` of the local archive (inflate with CRC and SHA-256, hash
+  trailer, status, restore, throwaway member started and read back): wall time, the peak RSS
+  of sidekick's own process (the issue's bound: under 100 MiB for a 1 GiB snapshot) and the
+  peak RSS of its children (etcdctl, then etcd, which maps the whole database).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import psutil
+
+from bench.common import SIDEKICK, Row
+from bench.etcd_save import _load
+
+SIZE_MB = int(os.environ.get("BENCH_ETCD_VERIFY_MB", "512"))
+
+
+class Peaks:
+    """Peak RSS of a process and, separately, of the largest of its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        self.own = 0
+        self.child = 0
+        self._proc = psutil.Process(pid)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.own = max(self.own, self._proc.memory_info().rss)
+                for child in self._proc.children(recursive=True):
+                    try:
+                        self.child = max(self.child, child.memory_info().rss)
+                    except psutil.Error:
+                        continue
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, Peaks, str, str]:
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = Peaks(proc.pid)
+    out, err = proc.communicate(timeout=3600)
+    seconds = time.perf_counter() - start
+    peaks.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed: {err[-2000:]}")
+    return seconds, peaks, out, err
+
+
+def run() -> list[Row]:
+    from tests.harness.etcd import ETCDCTL, EtcdServer
+    from tests.harness.etcd_backup import node_root, rke_save_argv
+    from tests.harness.pki import CertificateAuthority, RkeSsl
+
+    work = Path(tempfile.mkdtemp(prefix="bench-etcd-verify-"))
+    ssl_files = RkeSsl.create(work / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
+    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    try:
+        loaded = _load(etcd, SIZE_MB)
+        print(f"# etcd_verify: loaded {loaded / 1e6:.0f} MB", file=sys.stderr)
+        root = node_root(work, ssl_files)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_"))},
+               "SIDEKICK_ROOT": str(root)}
+        subprocess.run([str(SIDEKICK), "rke-etcd-backup", *rke_save_argv(etcd.endpoint, "bench-verify", "--once")],
+                       env=env, check=True, capture_output=True)
+        etcd.stop()  # the machine is small: the source member need not compete with the trial
+        archive = root / "backup/bench-verify.zip"
+        raw = work / "plain.db"
+        with zipfile.ZipFile(archive) as zf, zf.open("/backup/bench-verify") as src, open(raw, "wb") as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
+        size = raw.stat().st_size
+        note = f"snapshot {size / 1e6:.0f} MB, archive {archive.stat().st_size / 1e6:.0f} MB"
+        ctl_env = {"PATH": os.environ["PATH"], "ETCDCTL_API": "3"}
+
+        status_s, status_peaks, _, _ = _measure([ETCDCTL, "snapshot", "status", str(raw), "-w", "json"], ctl_env)
+        restore_s, restore_peaks, _, _ = _measure([ETCDCTL, "snapshot", "restore", str(raw),
+                                                f"--data-dir={work / 'restored'}"], ctl_env)
+        shutil.rmtree(work / "restored")
+        raw.unlink()
+
+        verify_s, verify_peaks, _, err = _measure([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "verify",
+                                                "--name", "bench-verify"], env)
+        print(f"# etcd_verify: {err.strip().splitlines()[-1]}", file=sys.stderr)  # the steps' seconds
+        return [
+            Row("etcdctl snapshot status", status_s, "s", note=f"etcdctl peak RSS {status_peaks.own / 2**20:.0f} MiB; {note}"),
+            Row("etcdctl snapshot restore", restore_s, "s",
+                note=f"etcdctl peak RSS {restore_peaks.own / 2**20:.0f} MiB"),
+            Row("verify (inflate+check+restore+member)", verify_s, "s", "status + restore alone", status_s + restore_s,
+                note="the rest: inflate, SHA-256, hash trailer, member start and read-back"),
+            Row("verify, sidekick peak RSS", verify_peaks.own / 2**20, "MiB",
+                note="goal < 100 MiB for 1 GiB; children measured apart"),
+            Row("verify, largest child peak RSS", verify_peaks.child / 2**20, "MiB",
+                "etcdctl restore alone", restore_peaks.own / 2**20, note="etcdctl/etcd (etcd maps the db)"),
+        ]
+    finally:
+        etcd.stop()
+        shutil.rmtree(work, ignore_errors=True)
