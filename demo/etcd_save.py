@@ -127,3 +127,40 @@ def prune_dry_run(ctx: Context) -> str:
     return (f"{len(names)} snapshots (2 weeks, 6-hourly), --retention=24h --keep-daily=7: "
             f"{len(deletes)} would go, {len(lines) - len(deletes)} stay ({len(kept_daily)} by keep-daily); "
             f"e.g. '{deletes[0]}' / '{kept_daily[-1]}'")
+
+
+def rolling_metrics(ctx: Context) -> str:
+    """Rolling saves with telemetry on: the key lines of /metrics and /healthz after a few ticks."""
+    import urllib.request
+
+    from tests.harness.ports import free_port
+
+    etcd = ctx.values["etcd"]
+    _, _, flags, env = _s3(ctx)
+    port = free_port()
+    proc = subprocess.Popen([_tool(ctx), *_certs(etcd, "etcd-rolling-snapshots"), "--creation=2s", "--retention=72h",
+                             *flags], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "SIDEKICK_ROOT": str(ctx.root), "SIDEKICK_METRICS_ADDRESS":
+                                 f"127.0.0.1:{port}", **env})
+    assert proc.stderr is not None
+    ticks, deadline = 0, time.monotonic() + 90
+    try:
+        while ticks < 3 and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            ticks += "S3 snapshots" in line  # a tick's last step
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            health = f"{answer.status} {answer.read().decode().strip()}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    if ticks < 3:
+        raise RuntimeError(f"only {ticks} rolling ticks finished")
+    wanted = ('last_success_timestamp_seconds{stage="snapshot"}', 'last_success_timestamp_seconds{stage="upload"}',
+              "snapshot_size_bytes", 'failures_total{cause="s3_unreachable",stage="upload"}')
+    shown = [line.replace("sidekick_etcd_backup_", "") for line in metrics.splitlines()
+             if not line.startswith("#") and any(w in line for w in wanted)]
+    return f"{ticks} ticks; /healthz {health}; " + "; ".join(shown)
