@@ -5,7 +5,7 @@ Three rules, as the original applies them (CONTRACT 3.1, 3.2, 3.12):
 - rolling, local: a file whose name before the first ``_`` is an RFC 3339 time older than
   ``tick - retention`` (``2024-10-04T12:00:00Z_etcd.zip``);
 - rolling, S3: the same, only for keys directly inside the folder that match
-  ``.+_etcd(|.zip)$`` once the ``<folder>/`` prefix is stripped (rancher/rancher#24544: the
+  ``.+_etcd(|.zip|.zip.age)$`` once the ``<folder>/`` prefix is stripped (rancher/rancher#24544: the
   folder used to break the time parse, so nothing was ever deleted);
 - one-shot with a Rancher name (``c-<id>-<r|m><l|s>-<rand>_<time>``): local files with the
   same cluster prefix, recurring (``-r?-``) and modified before ``now - retention``.
@@ -27,7 +27,7 @@ from sidekick.host.files import TEMP_PREFIX
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 )
-_S3_NAME = re.compile(r"^.+_etcd(\.zip)?$")
+_S3_NAME = re.compile(r"^.+_etcd(\.zip(\.age)?)?$")  # .zip.age: age-encrypted (sidekick.etcd.crypto)
 _RANCHER_PREFIX = re.compile(r"^c-[a-z0-9].*?-")
 _RANCHER_RECURRING = re.compile(r"^c-[a-z0-9].*?-r.-")
 
@@ -125,7 +125,7 @@ def rancher_expired(
         and _RANCHER_RECURRING.match(f.name)
         and f.mtime < cutoff
         and f.name != name
-        and f.name != f"{name}.zip"
+        and f.name not in (f"{name}.zip", f"{name}.zip.age")
     )
 
 
@@ -135,7 +135,7 @@ def s3_snapshot_keys(keys: Iterable[str], *, prefix: str) -> list[str]:
     prefix, so deleting ``tiny1`` also deleted ``tiny10.zip`` (CONTRACT 12)."""
     selected = []
     for key in keys:
-        if key == prefix:
+        if key in (prefix, f"{prefix}.zip.age"):  # .zip.age: the same snapshot, age-encrypted
             selected.append(key)
             continue
         base = key.rsplit("/", 1)[-1]

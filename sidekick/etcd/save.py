@@ -38,13 +38,22 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import layout, retention
+from sidekick.etcd import crypto, layout, retention
 from sidekick.etcd.archive import ArchiveResult, write_archive
 from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
-from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
+from sidekick.etcd.s3 import (
+    AGE_CONTENT_TYPE,
+    ARCHIVE_SHA_META,
+    CONTENT_TYPE,
+    ENCRYPTION_META,
+    SNAPSHOT_SHA_META,
+    S3Config,
+    S3Error,
+    S3Store,
+)
 from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
 from sidekick.host.proc import Runner
@@ -61,6 +70,7 @@ UPLOAD_FAILED = "failed to upload etcd snapshot file"
 class Snapshot:
     name: str
     archive: ArchiveResult
+    encrypted: Path | None = None  # /backup/<name>.zip.age in place of the zip (--age-encrypt-local)
 
     @property
     def snapshot_sha256(self) -> str:
@@ -78,6 +88,7 @@ class Saver:
     store_factory: Callable[..., S3Store] = S3Store
     progress_interval: float = 5.0
     telemetry: Telemetry | None = None
+    age: crypto.AgeSettings = field(default_factory=crypto.AgeSettings)
 
     def stage(self, name: str) -> contextlib.AbstractContextManager[Outcome]:
         """Report a rolling stage to the telemetry, when it is on (a stop is no failure)."""
@@ -172,6 +183,35 @@ class Saver:
                                                   snapshot_sha256=snapshot_sha, archive_sha256=result.sha256))
         return Snapshot(name, result)
 
+    # --- encryption ---------------------------------------------------------------------------
+    def seal(self, snap: Snapshot) -> None:
+        """With ``--age-encrypt-local``, ``/backup/<name>.zip.age`` replaces the plain archive."""
+        if not self.age.encrypt_local:
+            return
+        plain = snap.archive.path
+        sealed = plain.with_name(crypto.encrypted_name(plain.name))
+        crypto.encrypt_file(plain, sealed, self.age.recipients, stop=self.stop)
+        plain.unlink()
+        snap.encrypted = sealed
+
+    @contextlib.contextmanager
+    def upload_source(self, snap: Snapshot) -> Iterator[Path]:
+        """The file to upload: the archive, or its age encryption (a temp copy beside it,
+        removed afterwards, unless the local copy is the encrypted one)."""
+        if not self.age.encrypts:
+            yield snap.archive.path
+            return
+        if snap.encrypted is not None:
+            yield snap.encrypted
+            return
+        temp = temp_path(snap.archive.path.with_name(crypto.encrypted_name(snap.archive.path.name)))
+        try:
+            crypto.encrypt_file(snap.archive.path, temp, self.age.recipients, stop=self.stop)
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
     # --- S3 -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def s3(self) -> Iterator[S3Store]:
@@ -192,8 +232,10 @@ class Saver:
             store.close()
 
     def upload(self, store: S3Store, snap: Snapshot) -> None:
-        path = snap.archive.path
-        key = store.config.key(path.name)
+        filename = snap.archive.path.name
+        if self.age.encrypts:
+            filename = crypto.encrypted_name(filename)  # <name>.zip.age: never taken for a zip
+        key = store.config.key(filename)
         try:
             existing = store.object_size(key)
             if existing and not store.versioning_enabled():
@@ -201,13 +243,19 @@ class Saver:
                          "for the bucket", extra=kv(name=snap.name, key=key))
                 return
             metadata = {SNAPSHOT_SHA_META: snap.snapshot_sha256, ARCHIVE_SHA_META: snap.archive.sha256}
-            progress = Progress(log, "upload", total=snap.archive.size, interval=self.progress_interval,
-                                key=key, bucket=store.config.bucket)
-            store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
-        except S3Error as err:
+            content_type = CONTENT_TYPE
+            if self.age.encrypts:  # the digests stay those of the plaintext
+                metadata[ENCRYPTION_META] = crypto.AGE
+                content_type = AGE_CONTENT_TYPE
+            with self.upload_source(snap) as path:
+                size = path.stat().st_size
+                progress = Progress(log, "upload", total=size, interval=self.progress_interval,
+                                    key=key, bucket=store.config.bucket)
+                store.upload_file(path, key, metadata=metadata, on_bytes=progress.add, content_type=content_type)
+        except (S3Error, crypto.CryptoError) as err:
             raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
-        progress.finish(size=snap.archive.size, sha256=snap.archive.sha256)
-        log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
+        progress.finish(size=size, sha256=snap.archive.sha256)
+        log.info("Successfully uploaded", extra=kv(key=key, size=size))
 
     def s3_retention(self, store: S3Store, tick: dt.datetime) -> int:
         """Delete the expired snapshots of the bucket (folder); return how many went."""
@@ -274,6 +322,7 @@ class Saver:
         except Stopped:
             raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'}: "
                           "no snapshot was written") from None
+        self.seal(snap)
         if self.opts.s3_backup:
             try:
                 with self.s3() as store:
@@ -299,6 +348,7 @@ class Saver:
         self.checkpoint()
         with self.stage("snapshot") as outcome:
             snap = self.take_snapshot(name)
+            self.seal(snap)
             outcome.size = snap.archive.size
         self.checkpoint()
         with self.stage("retention") as outcome:
@@ -372,10 +422,14 @@ def prepare_backup_dir() -> Path:
 
 def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     _validate(opts)
+    age = crypto.AgeSettings.load(recipients=opts.age_recipient, recipients_file=opts.age_recipients_file,
+                                  encrypt_local=opts.age_encrypt_local)
+    if opts.s3_backup:
+        S3Config.from_options(opts)  # bad S3 settings (files, SSE, checksum): one line before any snapshot
     prepare_backup_dir()
     telemetry = None if opts.once else Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
     with stop_on_signals() as stop, telemetry or contextlib.nullcontext():
-        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry)
+        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age)
         if telemetry is not None:
             telemetry.start()
         saver.clean_leftovers()
