@@ -131,8 +131,8 @@ class FaultyHttp:
                 head = [f"HTTP/1.1 {resp.status} {resp.reason}"]
                 head += [f"{k}: {v}" for k, v in resp.getheaders()
                          if k.lower() not in {"content-length", "transfer-encoding", "connection"}]
-                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-                head.append(f"Content-Length: {length}")
+                sent = resp.getheader("Content-Length") or "0" if self.command == "HEAD" else str(len(data))
+                head.append(f"Content-Length: {sent}")
                 raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (data if self.command != "HEAD" else b"")
                 if fault.reset >= 0:
                     self.wfile.write(raw[: fault.reset])
