@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from sidekick import log as sklog
 from sidekick.deadline import Stopped
@@ -175,8 +175,9 @@ class AgeSettings:
 
 # --- streams ------------------------------------------------------------------------------
 class _Reader:
-    """A file reader for pyrage that counts, hashes when asked, and raises on a stop (pyrage
-    propagates the exception, so the Rust loop ends there)."""
+    """A file reader for pyrage that counts, hashes when asked, and raises on a stop: the Rust
+    loop ends there, and since pyrage may wrap the exception in an IO error, the reader keeps
+    it (``stopped``) for the caller to raise as it is."""
 
     def __init__(self, source: BinaryIO, *, stop: StopRequest | None,
                  on_bytes: Callable[[int], None] | None, hasher: Any = None) -> None:
@@ -184,10 +185,12 @@ class _Reader:
         self.stop = stop
         self.on_bytes = on_bytes
         self.hasher = hasher
+        self.stopped: Stopped | None = None
 
     def read(self, size: int = -1) -> bytes:
         if self.stop is not None and self.stop.is_set():
-            raise Stopped(f"stopped by {self.stop.signal_name or 'a stop request'}")
+            self.stopped = Stopped(f"stopped by {self.stop.signal_name or 'a stop request'}")
+            raise self.stopped
         data = self.source.read(size)
         if data:
             if self.hasher is not None:
@@ -204,11 +207,16 @@ class _Writer:
         self.target = target
         self.hasher = hashlib.sha256()
         self.size = 0
+        self.failed: OSError | None = None  # a full disk is no tampering: said apart
 
     def write(self, data: bytes) -> int:
         self.hasher.update(data)
         self.size += len(data)
-        return self.target.write(data)
+        try:
+            return self.target.write(data)
+        except OSError as err:
+            self.failed = err
+            raise
 
     def flush(self) -> None:
         self.target.flush()
@@ -224,9 +232,9 @@ def encrypt_stream(source: BinaryIO, target: BinaryIO, recipients: Sequence[Any]
     reader = _Reader(source, stop=stop, on_bytes=on_bytes, hasher=hasher)
     try:
         pyrage.encrypt_io(reader, target, list(recipients))
-    except SidekickError:  # a stop (Stopped)
-        raise
     except Exception as err:
+        if reader.stopped is not None:
+            raise reader.stopped from None
         raise CryptoError(f"age encryption failed: {err}") from None
     return hasher.hexdigest()
 
@@ -240,17 +248,27 @@ def decrypt_stream(source: BinaryIO, target: BinaryIO, identities: Sequence[Any]
     reader = _Reader(source, stop=stop, on_bytes=None)
     try:
         pyrage.decrypt_io(reader, writer, list(identities))
-    except SidekickError:  # a stop (Stopped)
-        raise
-    except pyrage.DecryptError as err:
+    except Exception as err:
+        if reader.stopped is not None:
+            raise reader.stopped from None
+        if writer.failed is not None:
+            raise CryptoError(f"cannot write the decrypted {what}: "
+                              f"{(writer.failed.strerror or str(writer.failed)).lower()}") from None
+        _decrypt_failed(err, what)
+    return writer.hasher.hexdigest(), writer.size
+
+
+def _decrypt_failed(err: Exception, what: str) -> NoReturn:
+    import pyrage
+
+    if isinstance(err, pyrage.DecryptError):
         text = str(err)
         if "No matching keys" in text:
             raise CryptoError(f"cannot decrypt {what}: no identity in the age identity file matches "
                               "its recipients (wrong key)") from None
         raise CryptoError(f"cannot decrypt {what}: not a valid age file ({text})") from None
-    except Exception as err:  # truncated or tampered chunks surface as an OSError
-        raise CryptoError(f"cannot decrypt {what}: {err} (truncated or tampered)") from None
-    return writer.hasher.hexdigest(), writer.size
+    # truncated or tampered chunks surface as an OSError
+    raise CryptoError(f"cannot decrypt {what}: {err} (truncated or tampered)") from None
 
 
 def encrypt_file(src: Path, dest: Path, recipients: Sequence[Any], *, stop: StopRequest | None = None,
