@@ -300,3 +300,48 @@ def test_web_identity_through_boto3s_chain(tmp_path: Path, s3_http: S3Server, re
     keys = [re.search(r"Credential=([A-Z0-9]+)/", h.headers["authorization"]).group(1) for h in heads]  # type: ignore[union-attr]
     assert len(heads) == 2 and all(k.startswith("ASIA") for k in keys)
     assert all(h.headers.get("x-amz-security-token") for h in heads)
+
+
+# --- the command line ------------------------------------------------------------------------
+NEW = {  # flag -> env var, for every setting beyond the original's
+    "--s3-accessKey-file": "S3_ACCESS_KEY_FILE", "--s3-secretKey-file": "S3_SECRET_KEY_FILE",
+    "--s3-session-token": "S3_SESSION_TOKEN", "--s3-sse": "S3_SSE", "--s3-sse-kms-key-id": "S3_SSE_KMS_KEY_ID",
+    "--s3-sse-c-key-file": "S3_SSE_C_KEY_FILE", "--s3-checksum": "S3_CHECKSUM",
+    "--s3-addressing-style": "S3_ADDRESSING_STYLE", "--s3-proxy": "S3_PROXY",
+    "--s3-insecure-skip-verify": "S3_INSECURE_SKIP_VERIFY",
+}
+AGE_SAVE = {"--age-recipient": "SIDEKICK_AGE_RECIPIENTS", "--age-recipients-file": "SIDEKICK_AGE_RECIPIENTS_FILE",
+            "--age-encrypt-local": "SIDEKICK_AGE_ENCRYPT_LOCAL"}
+AGE_READ = {"--age-identity-file": "SIDEKICK_AGE_IDENTITY_FILE"}
+
+
+def test_every_new_setting_has_a_flag_an_env_var_a_help_line_and_a_readme_row() -> None:
+    import click
+
+    from sidekick.etcd.cli import etcd_backup
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    wanted = {"save": {**NEW, **AGE_SAVE}, "download": {**NEW, **AGE_READ}, "extractstatefile": {**NEW, **AGE_READ},
+              "delete": NEW, "serve": AGE_READ}
+    for name, flags in wanted.items():
+        command = etcd_backup.commands[name]
+        with click.Context(command) as ctx:
+            help_text = command.get_help(ctx)
+        declared = {opt: p.envvar for p in command.params if isinstance(p, click.Option) for opt in p.opts}
+        for flag, env in flags.items():
+            assert declared.get(flag) == env, (name, flag)
+            assert flag in help_text and env in help_text, (name, flag)
+            assert f"`{env}`" in readme and f"`{flag}`" in readme, flag
+
+
+def test_new_settings_parse_in_the_go_dialect(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidekick.etcd.cli import etcd_backup
+
+    command = etcd_backup.commands["download"]
+    monkeypatch.setenv("S3_CHECKSUM", "SHA256")
+    monkeypatch.setenv("SIDEKICK_AGE_IDENTITY_FILE", "/keys/age.txt")
+    ctx = command.make_context("download", ["-s3-insecure-skip-verify", "--s3-addressing-style", "virtual",
+                                            "--s3-sse=aws:kms", "--name", "snap"])
+    assert ctx.params["s3_insecure_skip_verify"] is True and ctx.params["s3_addressing_style"] == "virtual"
+    assert ctx.params["s3_sse"] == "aws:kms" and ctx.params["s3_checksum"] == "SHA256"
+    assert ctx.params["age_identity_file"] == "/keys/age.txt"
