@@ -21,11 +21,15 @@ RUN --mount=type=bind,source=build/image/build-ca.crt,target=/run/build-ca.crt \
     --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
     apt-get -o Acquire::https::CAInfo=/run/build-ca.crt update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::https::CAInfo=/run/build-ca.crt install -y -qq --no-install-recommends \
-      python3 python3-pip gcc libc6-dev >/dev/null
+      python3 python3-pip gcc libc6-dev musl-tools >/dev/null
+# The dependencies at the versions constraints.txt pins (`sidekick --version` lists them);
+# versions.txt in the volume records every installed distribution.
 RUN --mount=type=bind,source=build/image/wheels,target=/wheels \
+    --mount=type=bind,source=build/image/constraints.txt,target=/constraints.txt \
     python3 -m pip install -q --no-index --find-links /wheels --no-compile --no-warn-script-location \
-      --break-system-packages --target /opt/rke-tools/lib/python3/site-packages sidekick \
- && rm -rf /opt/rke-tools/lib/python3/site-packages/bin
+      --break-system-packages --constraint /constraints.txt --target /opt/rke-tools/lib/python3/site-packages sidekick \
+ && rm -rf /opt/rke-tools/lib/python3/site-packages/bin \
+ && python3 -m pip list --format freeze --disable-pip-version-check --path /opt/rke-tools/lib/python3/site-packages > /opt/rke-tools/versions.txt
 RUN --mount=type=bind,source=scripts/image,target=/src \
     /src/assemble-volume /opt/rke-tools /src/launcher.c
 

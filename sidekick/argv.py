@@ -1,14 +1,16 @@
 """Flags in a Kubernetes component's argv, as RKE renders them (``--k=v``, in any order).
 
-Shared by the entrypoint and the kubelet preparation; import-light, for the entrypoint's
-hot path.
+Shared by the entrypoint and the kubelet preparation; it imports nothing, for the
+entrypoint's fast path (annotations are strings: only mypy needs the names below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
-ExecFn = Callable[[list[str]], int]
+    ExecFn = Callable[[list[str]], int]
 
 
 def flag_values(args: Sequence[str], name: str) -> list[str]:

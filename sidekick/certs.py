@@ -40,6 +40,15 @@ from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
+USAGE = """\
+usage: cert-deployer
+
+Write every KUBE_* variable as <lower-dashed>.pem and every KUBECFG_* variable as
+<lower-dashed>.yaml into $CRTS_DEPLOY_PATH (/etc/kubernetes/ssl), mode 0600. A .pem is
+rewritten only when missing or with FORCE_DEPLOY=true, a .yaml only when missing. With
+ETCD_UID and ETCD_GID, the kube-etcd files belong to that user and the tree gets ACLs for it.
+"""
+
 DEFAULT_DIR = "/etc/kubernetes/ssl"
 FILE_MODE = 0o600
 DIR_MODE = 0o755

@@ -24,6 +24,13 @@ from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
+USAGE = """\
+usage: weave-plugins-cni.sh
+
+Move the image's loopback and portmap CNI plugins into /opt/cni/bin (mode 0755), then wait
+for SIGTERM.
+"""
+
 PLUGINS = ("loopback", "portmap")
 SOURCE_DIR = "/tmp"
 TARGET_DIR = "/opt/cni/bin"

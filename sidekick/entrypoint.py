@@ -23,16 +23,21 @@ moves the EC2 metadata service; see :mod:`sidekick.cloud_provider` for Azure's.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+import posix
 
 from sidekick import logline
-from sidekick.argv import ExecFn, has_flag
+from sidekick.argv import has_flag
 from sidekick.errors import SidekickError, UsageError
 
-TYPE_CHECKING = False  # importing typing costs ~2 ms here; mypy knows this name
+# The fast path imports no module that is not already loaded at interpreter start: typing,
+# collections.abc (all of collections) and even os (with _collections_abc) each cost it more
+# than everything else it does. Annotations are strings, so only mypy needs these names.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Mapping, Sequence
+
+    from sidekick.argv import ExecFn
 
 AZURE_COMPONENTS = frozenset({"kubelet", "kube-apiserver", "kube-controller-manager"})
 IPTABLES_COMPONENTS = frozenset({"kubelet", "kube-proxy"})
@@ -77,11 +82,36 @@ def modprobe_argv(module: str, root: str) -> list[str]:
 
 
 # --- effects -------------------------------------------------------------------------
+def execvp(file: str, argv: list[str]) -> None:
+    """``os.execvp`` on the ``posix`` module, which is loaded at start while ``os`` is not.
+
+    The same search: a name with a slash is used as is; otherwise each ``PATH`` directory in
+    turn (``/bin:/usr/bin`` when ``PATH`` is unset; an empty entry is the working directory);
+    the first error other than "no such file" wins, else the last one.
+    """
+    if "/" in file:
+        posix.execv(file, argv)
+    path = posix.environ.get(b"PATH")
+    name = file.encode("utf-8", "surrogateescape")
+    found: OSError | None = None
+    last: OSError | None = None
+    for directory in (b"/bin", b"/usr/bin") if path is None else path.split(b":"):
+        candidate = name if not directory else directory.rstrip(b"/") + b"/" + name
+        try:
+            posix.execv(candidate, argv)
+        except (FileNotFoundError, NotADirectoryError) as err:
+            last = err
+        except OSError as err:
+            last = err
+            found = found or err
+    raise found or last or FileNotFoundError(2, "No such file or directory", file)
+
+
 def exec_command(argv: list[str]) -> int:
     """Replace this process with ``argv`` (found on PATH); returns only by raising."""
     logline.emit("info", "exec", command=" ".join(argv))
     try:
-        os.execvp(argv[0], argv)
+        execvp(argv[0], argv)
     except OSError as err:
         code = 127 if isinstance(err, FileNotFoundError) else 126
         raise SidekickError(f"cannot exec {argv[0]}: {err.strerror}", exit_code=code) from None
@@ -111,6 +141,8 @@ def fqdn(*, timeout: float = 3.0) -> str:
 
 def node_hostname() -> str:
     """EC2's name for this instance, or the FQDN; bounded to a few seconds off EC2."""
+    import os
+
     from sidekick.host.metadata import AWS_METADATA_ENV, AWS_METADATA_URL, Ec2Metadata
 
     name = Ec2Metadata(os.environ.get(AWS_METADATA_ENV) or AWS_METADATA_URL).hostname()
@@ -119,16 +151,14 @@ def node_hostname() -> str:
     return fqdn()
 
 
-def needs_preparation(args: Sequence[str], env: Mapping[str, str]) -> bool:
-    """False for the fast path: exec at once (kube-scheduler, kube-apiserver without Azure)."""
+def needs_preparation(args: Sequence[str]) -> bool:
+    """False for the fast path: exec at once (kube-scheduler, kube-apiserver without Azure).
+
+    The environment plays no part: its one switch (br_netfilter) is for kube-proxy, which is
+    prepared anyway (iptables), so the fast path never reads it.
+    """
     component = args[0]
-    return (
-        wants_iptables_wrapper(component)
-        or wants_br_netfilter(component, env)
-        or wants_azure(args)
-        or wants_hostname(args)
-        or component == "kubelet"
-    )
+    return wants_iptables_wrapper(component) or wants_azure(args) or wants_hostname(args) or component == "kubelet"
 
 
 def _logger() -> logging.Logger:
@@ -149,10 +179,13 @@ def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
             return 0
         raise UsageError(USAGE)
     args = list(argv)
+    if not needs_preparation(args):
+        return exec_fn(args)
+    import os
+
     component = args[0]
     env = os.environ
-    if needs_preparation(args, env):
-        _logger()  # the branches below (and the modules they import) log
+    _logger()  # the branches below (and the modules they import) log
     if wants_iptables_wrapper(component) or wants_br_netfilter(component, env):
         from sidekick.host.proc import Runner
         from sidekick.paths import root

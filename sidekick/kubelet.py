@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sidekick import paths
-from sidekick.argv import ExecFn, flag_values
+from sidekick.argv import flag_values
 from sidekick.host.docker import DockerEngine, DockerInfo
 from sidekick.host.files import atomic_symlink, atomic_write
 from sidekick.host.kernel import Kernel, process_running
@@ -31,6 +31,10 @@ from sidekick.host.mounts import Mount, Mounter
 from sidekick.host.proc import Runner
 from sidekick.log import kv, register_secret
 from sidekick.paths import host_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sidekick.argv import ExecFn
 
 log = logging.getLogger(__name__)
 

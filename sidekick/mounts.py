@@ -28,6 +28,22 @@ from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
 
+_OPTIONS = """
+options:
+  --target-pid PID   act in the mount namespace of PID instead of the host's
+  --stage2           act in this process's own mount namespace
+"""
+SHARE_MNT_USAGE = f"""\
+usage: share-mnt [--target-pid PID | --stage2] PATH... [-- IGNORED...]
+
+Create each host PATH if missing and make it a shared mount in the host's mount namespace.
+{_OPTIONS}"""
+SHARE_ROOT_USAGE = f"""\
+usage: share-root.sh [--target-pid PID | --stage2] [PATH...]
+
+Make / (and each host PATH) a shared mount in the host's mount namespace, then wait for SIGTERM.
+{_OPTIONS}"""
+
 CURRENT_NAMESPACE = -1  # --stage2: no nsenter at all
 
 

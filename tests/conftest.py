@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import posix
 import socket
 import subprocess
 import sys
@@ -66,8 +67,11 @@ def no_surprises(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
             raise AssertionError(f"unexpected subprocess/exec in a unit test: {args[:2]!r}")
 
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
-        for name in ("execv", "execve", "execvp", "execvpe", "fork"):
-            monkeypatch.setattr(os, name, refuse)
+        # posix too: os re-exports its functions, and the entrypoint's fast path calls posix.
+        for module in (os, posix):
+            for name in ("execv", "execve", "execvp", "execvpe", "fork"):
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, refuse)
 
 
 # --- running the real CLI ------------------------------------------------------------

@@ -27,9 +27,31 @@ def test_unknown_tool_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[st
     assert "level=fatal" in err and "no-such-tool" in err
 
 
-def test_unknown_argv0_without_tool_argument_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert dispatch.main(["/usr/bin/whatever"]) == 0
-    assert "usage: sidekick TOOL" in capsys.readouterr().out
+@pytest.mark.parametrize("argv", [["/opt/rke-tools/typo"], ["/usr/bin/whatever", "--help"], ["typo", "install"]])
+def test_a_link_named_after_no_tool_is_applet_not_found(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert dispatch.main(argv) == 127
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "level=fatal" in captured.err and f'msg="{argv[0].rsplit("/", 1)[-1]}: applet not found"' in captured.err
+
+
+@pytest.mark.parametrize("argv", [["sidekick"], ["/opt/rke-tools/sidekick", "--help"], ["/x/sidekick/__main__.py", "-h"]])
+def test_sidekick_by_its_own_name_prints_its_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert dispatch.main(argv) == 0
+    assert capsys.readouterr().out.startswith("usage: sidekick TOOL")
+
+
+def test_tools_without_their_own_flags_answer_help_from_their_module(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    answering = {name: tool for name, tool in dispatch.TOOLS.items() if tool.usage}
+    assert set(answering) == {"cert-deployer", "nginx-proxy", "share-mnt", "share-root.sh", "weave-plugins-cni.sh"}
+    for name, tool in answering.items():
+        assert dispatch.main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out == getattr(importlib.import_module(tool.target.partition(":")[0]), tool.usage)
+        assert out.startswith(f"usage: {name}")
 
 
 def test_every_table_entry_resolves_to_a_callable() -> None:
@@ -86,6 +108,24 @@ def test_sidekick_tool_form_and_module_form_agree(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "a/usr/bin").iterdir()) == sorted(
         p.name for p in (tmp_path / "b/usr/bin").iterdir()
     )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tool", ["cert-deployer", "nginx-proxy", "weave-plugins-cni.sh", "share-mnt",
+                                  "share-root.sh", "rke-etcd-backup", "install"])
+def test_every_tool_answers_help_with_exit_0(tool: str, tool_link) -> None:  # type: ignore[no-untyped-def]
+    for flag in ("--help", "-h") if tool != "rke-etcd-backup" else ("--help",):
+        result = run_sidekick([flag], argv0=tool_link(tool), timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.lower().startswith("usage:") and result.stderr == ""
+
+
+@pytest.mark.integration
+def test_a_link_with_an_unknown_name_fails_with_one_line(tool_link) -> None:  # type: ignore[no-untyped-def]
+    result = run_sidekick([], argv0=tool_link("typo"))
+    assert result.returncode == 127
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and 'msg="typo: applet not found"' in result.stderr
 
 
 @pytest.mark.integration

@@ -51,6 +51,8 @@ PEER_BUDGET = 200.0
 PEER_CONNECT = 10.0
 PEER_IO = 60.0
 HANDSHAKE = 5.0  # serve: a client that cannot finish TLS in this time is dropped
+LOCK_WAIT = 60.0  # a second save or prune on the node waits this long for the first
+SPACE_MARGIN = 1.5  # free space needed before a snapshot: the last snapshot's size times this
 
 
 def scale_from_env() -> float:

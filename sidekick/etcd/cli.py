@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from sidekick.etcd.options import (
     retry_wait_from_env,
     validate_name,
 )
+from sidekick.etcd.retention import KEEP_OPTIONS, parse_policy
 
 PROG = "rke-etcd-backup"
 
@@ -178,6 +180,11 @@ S3_RETRIES = _opt("--s3-retries", "s3_retries", type=GO_UINT, default=DEFAULT_S3
                   help="upload attempts after the first")
 CLEANUP = _bool("--cleanup", "cleanup", None, "remove only the uncompressed file (when the .zip exists)")
 
+KEEP = [_opt(o.flag, o.param, default=None, help=f"{o.help} (env {o.env})", metavar="N") for o in KEEP_OPTIONS]
+S3_CATCH_UP = _opt("--s3-catch-up", "s3_catch_up", type=GO_UINT, default=0, envvar="SIDEKICK_S3_CATCH_UP",
+                   help="upload up to N local snapshots the bucket lacks (or holds different), oldest first")
+DRY_RUN = _bool("--dry-run", "dry_run", None, "print what would be deleted, and why; delete nothing")
+
 # Beyond the original's flags (opt-in; empty keeps its behaviour): sidekick.etcd.s3.S3Config.
 S3_ACCESS_FILE = _opt("--s3-accessKey-file", "s3_access_key_file", default="", envvar="S3_ACCESS_KEY_FILE", show_envvar=True,
                       help="file holding the S3 access key (raw, trailing newline ignored)")
@@ -231,7 +238,10 @@ def _apply(decorators: Sequence[Decorator]) -> Decorator:
 
 def build_options(command: str, params: dict[str, Any]) -> Options:
     """Turn click's parameters into :class:`Options`, validating what every command shares."""
-    opts = Options(command=command, retry_wait=retry_wait_from_env(), **params)
+    keep = {o.param: params.pop(o.param) for o in KEEP_OPTIONS if o.param in params}
+    opts = Options(command=command, retry_wait=retry_wait_from_env(), keep=keep, **params)
+    if keep:
+        parse_policy(within=opts.retention, flags=keep, env=os.environ)  # bad counts: a usage error now
     # Register before anything can log them (a decoded form is registered by the S3 code).
     sklog.register_secret(opts.s3_access_key)
     sklog.register_secret(opts.s3_secret_key)
@@ -266,8 +276,10 @@ def _command(name: str, flags: Sequence[Decorator], target: str, help: str) -> c
     return command
 
 
-_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, *AGE_SAVE], "sidekick.etcd.save:run_save",
+_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, *KEEP, S3_CATCH_UP, *AGE_SAVE], "sidekick.etcd.save:run_save",
          "Take a snapshot (once or rolling) and back it up to S3 compatible storage.")
+_command("prune", [RETENTION, DRY_RUN, DEBUG, *KEEP, S3_BACKUP_ENV, *S3_COMMON, S3_RETRIES], "sidekick.etcd.prune:run_prune",
+         "Delete the rolling snapshots the retention policy no longer keeps (local, and S3 with --s3-backup).")
 _command("delete", [NAME, S3_BACKUP_NOENV, CLEANUP, *S3_COMMON], "sidekick.etcd.delete:run_delete",
          "Delete a snapshot locally and from S3 compatible storage.")
 _command("download", [*COMMON, AGE_IDENTITY], "sidekick.etcd.restore:run_download",

@@ -54,6 +54,10 @@ class Options:
     - ``once``: ``--once``. ``cleanup``: ``--cleanup`` (delete). ``debug``: ``--debug``
       (env ``RANCHER_DEBUG``).
     - ``backup_retries``/``s3_retries``: attempts after the first (defaults 4 and 3).
+    - ``keep``: the opt-in ``--keep-*`` flags as given (None: absent), parsed with their
+      ``SIDEKICK_KEEP_*`` variables by :func:`sidekick.etcd.retention.parse_policy`;
+      ``dry_run``: ``prune --dry-run``; ``s3_catch_up``: ``--s3-catch-up`` (env
+      ``SIDEKICK_S3_CATCH_UP``), local archives uploaded per run when S3 lacks them.
     - ``retry_wait``: seconds between etcd snapshot attempts; not a flag of the original:
       env ``SIDEKICK_RETRY_WAIT`` (default 15) so tests need not sleep a minute.
     - ``age_*``: client-side encryption (:mod:`sidekick.etcd.crypto`), none of them the
@@ -85,6 +89,9 @@ class Options:
     s3_retries: int = DEFAULT_S3_RETRIES
     cleanup: bool = False
     debug: bool = False
+    keep: dict[str, str | None] = field(default_factory=dict)  # --keep-* as given (retention.KEEP_OPTIONS)
+    dry_run: bool = False
+    s3_catch_up: int = 0
     retry_wait: float = DEFAULT_RETRY_WAIT
     age_recipient: str = ""
     age_recipients_file: str = ""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import logging
 import os
 import posixpath
@@ -505,6 +506,37 @@ class S3Store:
             return int(answer.get("ContentLength", 0)), dict(answer.get("Metadata", {}) or {})
 
         return self._step(f"S3 HeadObject {key}", head)
+
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket was created with Object Lock (one request; False when unsure)."""
+        def get(_deadline: Deadline) -> bool:
+            try:
+                config = self.client.get_object_lock_configuration(Bucket=self.config.bucket)
+            except Exception as err:
+                raise _error("cannot read the bucket's Object Lock configuration", err) from None
+            return config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+        try:
+            return self._step("S3 GetObjectLockConfiguration", get)
+        except S3Error as err:
+            log.debug("no Object Lock configuration: %s", err)
+            return False
+
+    def lock_of(self, key: str, now: dt.datetime) -> str | None:
+        """Why ``key`` may not be deleted now (a retention date, a legal hold), or None."""
+        def head(_deadline: Deadline) -> dict[str, Any]:
+            try:
+                return dict(self.client.head_object(Bucket=self.config.bucket, Key=key))
+            except Exception as err:
+                raise _error(f"cannot read object {key}", err) from None
+
+        answer = self._step(f"S3 HeadObject {key}", head)
+        if answer.get("ObjectLockLegalHoldStatus") == "ON":
+            return "legal hold"
+        until = answer.get("ObjectLockRetainUntilDate")
+        if isinstance(until, dt.datetime) and until > now:
+            return f"retained until {until.isoformat()}"
+        return None
 
     # --- upload -------------------------------------------------------------------------
     def upload_file(self, path: Path, key: str, *, metadata: dict[str, str],

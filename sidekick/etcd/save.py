@@ -38,9 +38,9 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import crypto, layout, retention
+from sidekick.etcd import catchup, crypto, layout, prune, retention
 from sidekick.etcd.archive import ArchiveResult, write_archive
-from sidekick.etcd.budgets import Budgets
+from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
@@ -89,6 +89,9 @@ class Saver:
     progress_interval: float = 5.0
     telemetry: Telemetry | None = None
     age: crypto.AgeSettings = field(default_factory=crypto.AgeSettings)
+
+    def __post_init__(self) -> None:
+        self.policy = prune.policy_of(self.opts)
 
     def stage(self, name: str) -> contextlib.AbstractContextManager[Outcome]:
         """Report a rolling stage to the telemetry, when it is on (a stop is no failure)."""
@@ -146,6 +149,7 @@ class Saver:
 
     def _attempt(self, ctl: Etcdctl, name: str) -> Snapshot:
         ctl.health()
+        self.check_space()
         raw = temp_path(self.backup_dir / name)
         try:
             progress = Progress(log, "etcd snapshot", interval=self.progress_interval, name=name)
@@ -212,6 +216,19 @@ class Saver:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
 
+    def check_space(self) -> None:
+        """Refuse to start a snapshot that cannot fit: the last one's size (and its archive)
+        times a margin must be free, else one line says how much is needed and what is there."""
+        last = layout.last_snapshot_size(self.backup_dir)
+        if last is None:
+            return
+        need = int(last * SPACE_MARGIN)
+        st = os.statvfs(self.backup_dir)
+        have = st.f_bavail * st.f_frsize
+        if have < need:
+            raise SidekickError(f"not enough space for a snapshot: need {_mb(need)}, have {_mb(have)} "
+                                f"on {layout.BACKUP_DIR}")
+
     # --- S3 -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def s3(self) -> Iterator[S3Store]:
@@ -255,58 +272,46 @@ class Saver:
         except (S3Error, crypto.CryptoError) as err:
             raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
         progress.finish(size=size, sha256=snap.archive.sha256)
+        catchup.remember(snap.encrypted or snap.archive.path, key, snap.archive.sha256)
         log.info("Successfully uploaded", extra=kv(key=key, size=size))
 
+    def catch_up(self, store: S3Store, snap: Snapshot) -> None:
+        """Opt-in: upload what S3 missed while it was down; a failure here only warns (this
+        run's own snapshot is already safe in the bucket)."""
+        if not self.opts.s3_catch_up:
+            return
+        try:
+            catchup.catch_up(store, self.backup_dir, limit=self.opts.s3_catch_up,
+                             skip=(snap.encrypted or snap.archive.path).name, age=self.age)
+        except S3Error as err:
+            log.warning("S3 catch-up failed: the next run tries again", extra=kv(error=str(err)))
+
     def s3_retention(self, store: S3Store, tick: dt.datetime) -> int:
-        """Delete the expired snapshots of the bucket (folder); return how many went."""
-        folder = store.config.folder
-        prefix = f"{folder}/" if folder else ""
-        keys = (o.key for o in store.list_objects(prefix, recursive=False))
-        expired = retention.s3_expired(keys, folder=folder, tick=tick, retention=self.opts.retention)
-        if not expired:
-            log.info("no expired S3 snapshots", extra=kv(retention=format_go_duration(self.opts.retention)))
+        """Delete what the policy no longer keeps in the bucket (folder); return how many went."""
+        plan = retention.plan(prune.s3_snapshots(store), self.policy, tick)
+        if not plan.deleted:
+            log.info("no expired S3 snapshots", extra=kv(policy=self.policy.describe()))
             return 0
         started = time.monotonic()
-        deleted = store.delete_keys(expired)
-        log.info("deleted expired S3 snapshots", extra=kv(count=len(deleted), refused=len(expired) - len(deleted),
+        deleted = prune.delete_s3(store, [s.name for s in plan.deleted], now=tick)
+        log.info("deleted expired S3 snapshots", extra=kv(count=deleted, refused=len(plan.deleted) - deleted,
                                                         seconds=f"{time.monotonic() - started:.2f}"))
-        return len(deleted)
-
-    # --- local retention --------------------------------------------------------------------
-    def _local_files(self) -> list[retention.LocalFile]:
-        files = []
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.backup_dir) as entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                files.append(retention.LocalFile(entry.name, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
-                                                 is_file=entry.is_file(follow_symlinks=False)))
-        return files
-
-    def _delete_local(self, names: list[str]) -> int:
-        deleted = 0
-        for name in names:
-            try:
-                (self.backup_dir / name).unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                log.warning("Delete local backup failed", extra=kv(name=name, error=err.strerror))
-                continue
-            deleted += 1
-            log.info("Deleted local backup", extra=kv(name=name))
         return deleted
 
+    # --- local retention --------------------------------------------------------------------
     def local_retention(self, tick: dt.datetime) -> int:
-        return self._delete_local(retention.local_expired(self._local_files(), tick=tick,
-                                                          retention=self.opts.retention))
+        snapshots = retention.local_rolling(prune.local_files(self.backup_dir))
+        return prune.delete_local(self.backup_dir, [s.name for s in retention.plan(snapshots, self.policy,
+                                                                                   tick).deleted])
 
     def rancher_retention(self, name: str) -> None:
-        now = dt.datetime.now(dt.UTC)
-        self._delete_local(retention.rancher_expired(self._local_files(), name=name, now=now,
-                                                     retention=self.opts.retention))
+        """After a one-shot save of a Rancher-named snapshot: that cluster's recurring local
+        snapshots (by mtime), as RKE's rotation does (CONTRACT 3.2)."""
+        if not retention.rancher_prefix(name):
+            return
+        snapshots = retention.local_rancher(prune.local_files(self.backup_dir), name=name)
+        plan = retention.plan(snapshots, self.policy, dt.datetime.now(dt.UTC))
+        prune.delete_local(self.backup_dir, [s.name for s in plan.deleted])
 
     def clean_leftovers(self) -> None:
         """Temp files of an interrupted run (old enough not to be another process's)."""
@@ -314,7 +319,15 @@ class Saver:
             log.info("removed a leftover of an interrupted run", extra=kv(name=path.name))
 
     # --- the two modes ----------------------------------------------------------------------
+    def one_at_a_time(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return layout.one_run_at_a_time(what, stop=self.stop, wait=self.budgets.seconds(LOCK_WAIT),
+                                        note=f"{what} (pid {os.getpid()})")
+
     def once(self) -> int:
+        with self.one_at_a_time(f"save --once {self.opts.name}".rstrip()):
+            return self._once()
+
+    def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
         try:
@@ -327,6 +340,7 @@ class Saver:
             try:
                 with self.s3() as store:
                     self.upload(store, snap)
+                    self.catch_up(store, snap)
             except Stopped:
                 raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'} during the S3 upload: "
                               f"snapshot kept locally at {layout.archive_entry(name)}; {UPLOAD_FAILED}") from None
@@ -360,6 +374,7 @@ class Saver:
             with self.stage("upload"):
                 store = stack.enter_context(self.s3())
                 self.upload(store, snap)
+                self.catch_up(store, snap)
             self.checkpoint()
             with self.stage("retention") as outcome:
                 try:
@@ -377,7 +392,8 @@ class Saver:
                 break
             when = dt.datetime.now(dt.UTC).replace(microsecond=0)
             try:
-                self.tick(when)
+                with self.one_at_a_time("rolling snapshot"):
+                    self.tick(when)
             except Stopped:
                 break
             except SidekickError as err:
@@ -392,6 +408,10 @@ class Saver:
                 next_tick += creation * ((now - next_tick) // creation + 1)
         log.info("stopped", extra=kv(reason=self.stop.signal_name or "stop request"))
         return 0
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.0f} MB" if size >= 10_000_000 else f"{size / 1e6:.1f} MB"
 
 
 def _validate(opts: Options) -> None:

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidekick.errors import SidekickError, UsageError
+from sidekick.etcd import layout
 from sidekick.etcd.options import format_go_duration
 from sidekick.host.files import atomic_write, remove_leftovers
 from sidekick.log import kv
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS_ENV = "SIDEKICK_METRICS_ADDRESS"
-STATUS_PATH = "/backup/.sidekick/status.json"
+STATUS_PATH = f"{layout.PRIVATE_DIR}/status.json"
 STATUS_MODE = 0o644
 STATUS_SCHEMA = 1
 STAGES = ("snapshot", "upload", "retention", "verify")

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ TEMP_OVERHEAD = len(TEMP_PREFIX) + 9 + len(".part")
 
 def temp_path(path: Path) -> Path:
     """A fresh temp name beside ``path`` that :func:`remove_leftovers` recognises."""
-    return path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
+    return path.with_name(f"{TEMP_PREFIX}{path.name}.{os.urandom(4).hex()}")
 
 
 def fsync_dir(directory: Path) -> None:

@@ -1,4 +1,4 @@
-"""``nginx-proxy CP_HOSTS=ip1,ip2``: render the stream proxy config, check it, exec nginx.
+"""``nginx-proxy CP_HOSTS=ip1,ip2``: render the stream proxy config, check it, run nginx.
 
 RKE runs this on every node without the controlplane role (CONTRACT section 6) with
 ``CP_HOSTS`` in the environment and, to force a container recreation when the list changes,
@@ -10,20 +10,17 @@ The rendered file is checked with ``nginx -t`` as a candidate next to the live f
 then renamed over it, so neither a bad ``CP_HOSTS`` nor a config nginx rejects ever replaces
 the previous working config.
 
-Environment (all optional; unset keeps the original's behaviour):
-  ``NGINX_PROXY_LISTEN_ADDRESS``  IP to listen on (default: every interface)
-  ``NGINX_PROXY_LISTEN_PORT``     port to listen on (default 6443)
-  ``NGINX_PROXY_MAX_FAILS``       failed connects that mark a node down (default 1)
-  ``NGINX_PROXY_FAIL_TIMEOUT``    how long it stays down / the counting window (default 10s)
-A ``CP_HOSTS`` item may carry ``:port`` (default 6443); IPv6 may be bare or in brackets.
+Without health checks (the default) this process becomes nginx (exec). With them
+(:mod:`sidekick.nginx.checked`), nginx runs as its child and a checker thread takes failing
+control planes out of the upstream and puts them back, by reloads.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,7 +28,7 @@ from sidekick.errors import SidekickError, UsageError
 from sidekick.host.files import atomic_output, remove_leftovers
 from sidekick.host.proc import Runner
 from sidekick.log import kv
-from sidekick.nginx.config import Settings, Upstream, parse_cp_hosts, render, settings_from_env
+from sidekick.nginx.config import Settings, Upstream, render
 from sidekick.paths import host_path
 
 log = logging.getLogger(__name__)
@@ -40,6 +37,7 @@ NGINX = "nginx"  # the image's nginx, found on PATH (not a host file: no host_pa
 CONF_PATH = "/etc/nginx/nginx.conf"
 PID_PATH = "/run/nginx.pid"
 STREAM_MODULE_FILE = "ngx_stream_module.so"
+
 
 
 def cp_hosts_value(argv: list[str], env: Mapping[str, str]) -> str:
@@ -108,7 +106,9 @@ class NginxProxy:
         self.conf_path = host_path(CONF_PATH)
         self.pid_path = host_path(PID_PATH)
 
+    @functools.cached_property
     def stream_module(self) -> Path | None:
+        """Asked of ``nginx -V`` once: every render needs it and the binary does not change."""
         result = self.runner.run([NGINX, "-V"], timeout=30)
         return stream_module_path((result.stderr + result.stdout).decode(errors="replace"), Path.exists)
 
@@ -127,24 +127,21 @@ class NginxProxy:
                     f"nginx rejected the rendered config ({nginx_complaint(result.stderr)}); "
                     f"{self.conf_path} left as it was")
 
-    def exec(self) -> NoReturn:
+    @property
+    def argv(self) -> list[str]:
         # -c always: the same path as nginx's default on a real node, the rendered file under a test root.
-        self.runner.exec([NGINX, "-c", str(self.conf_path), "-g", "daemon off;"])
+        return [NGINX, "-c", str(self.conf_path), "-g", "daemon off;"]
+
+    def exec(self) -> NoReturn:
+        self.runner.exec(self.argv)
 
 
-def prepare(proxy: NginxProxy, upstreams: list[Upstream], settings: Settings) -> str:
+def prepare(proxy: NginxProxy, upstreams: Sequence[Upstream], settings: Settings, *, host_count: int | None = None) -> str:
     """Render and install the config; return the text that nginx will run with."""
-    text = render(upstreams, settings, pid_path=proxy.pid_path, stream_module=proxy.stream_module())
+    text = render(upstreams, settings, pid_path=proxy.pid_path, stream_module=proxy.stream_module,
+                  host_count=host_count)
     proxy.install(text)
     log.info("nginx config written", extra=kv(
         path=proxy.conf_path, listen=settings.listen,
         upstreams=",".join(u.address for u in upstreams)))
     return text
-
-
-def main(argv: list[str]) -> int:
-    upstreams = parse_cp_hosts(cp_hosts_value(argv, os.environ))
-    settings = settings_from_env(os.environ)
-    proxy = NginxProxy(Runner())
-    prepare(proxy, upstreams, settings)
-    proxy.exec()

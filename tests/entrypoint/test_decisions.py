@@ -92,12 +92,11 @@ def test_hostname_is_looked_up_only_when_no_override_is_given(seed: int) -> None
 
 
 def test_only_components_with_work_leave_the_fast_path() -> None:
-    env: dict[str, str] = {}
-    assert not entrypoint.needs_preparation(["kube-scheduler", "--v=2"], env)
-    assert not entrypoint.needs_preparation(["kube-apiserver", "--cloud-provider="], env)
-    assert entrypoint.needs_preparation(["kube-apiserver", "--cloud-provider=azure"], env)
-    assert entrypoint.needs_preparation(["kube-proxy", "--hostname-override=n1"], env)
-    assert entrypoint.needs_preparation(["kubelet", "--hostname-override=n1"], env)
+    assert not entrypoint.needs_preparation(["kube-scheduler", "--v=2"])
+    assert not entrypoint.needs_preparation(["kube-apiserver", "--cloud-provider="])
+    assert entrypoint.needs_preparation(["kube-apiserver", "--cloud-provider=azure"])
+    assert entrypoint.needs_preparation(["kube-proxy", "--hostname-override=n1"])
+    assert entrypoint.needs_preparation(["kubelet", "--hostname-override=n1"])
 
 
 def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:

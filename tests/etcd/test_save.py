@@ -42,7 +42,8 @@ def save(root: Path, endpoint: str, name: str, *extra: str, env: dict[str, str] 
 
 
 def listing(root: Path) -> list[str]:
-    return sorted(os.listdir(root / "backup"))
+    """/backup as RKE addresses it (our private ``.sidekick`` directory left out)."""
+    return sorted(n for n in os.listdir(root / "backup") if n != ".sidekick")
 
 
 def ca_b64(server: S3Server) -> str:
@@ -436,3 +437,37 @@ def test_kill_9_mid_save_leaves_no_archive_and_the_next_run_cleans_up(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert listing(root) == ["snap-kill.zip"]
     assert "removed a leftover of an interrupted run" in done.stderr
+
+
+def test_two_saves_at_once_take_turns(root: Path, etcd_server: EtcdServer) -> None:
+    from tests.conftest import SIDEKICK
+
+    env = {**clean_env(), "SIDEKICK_ROOT": str(root), **FAST}
+    runs = [subprocess.Popen([str(SIDEKICK), "rke-etcd-backup", *rke_save_argv(etcd_server.endpoint, name, "--once")],
+                             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            for name in ("snap-turn-a", "snap-turn-b")]
+    results = [(run.wait(timeout=120), run.stderr.read() if run.stderr else "") for run in runs]
+    assert [code for code, _ in results] == [0, 0], results
+    assert listing(root) == ["snap-turn-a.zip", "snap-turn-b.zip"]
+    assert (root / "backup/.sidekick/lock").is_file()
+    for name in ("snap-turn-a", "snap-turn-b"):
+        assert zipfile.ZipFile(root / "backup" / f"{name}.zip").testzip() is None
+
+
+def test_too_little_space_is_refused_before_anything_is_written(tmp_path: Path, big_etcd: EtcdServer) -> None:
+    root = node_root(tmp_path, big_etcd.ssl)
+    done = save(root, big_etcd.endpoint, "snap-first", "--once")  # the size to expect next time
+    assert done.returncode == 0, done.stderr
+    previous = (root / "backup/snap-first.zip").read_bytes()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={len(previous) + (1 << 20)}", "tmpfs", str(root / "backup")],
+                   check=True)
+    try:
+        (root / "backup/snap-first.zip").write_bytes(previous)
+        done = save(root, big_etcd.endpoint, "snap-second", "--once", "--backup-retries=0")
+        assert done.returncode == 1
+        line = last_line(done.stderr)
+        assert "not enough space for a snapshot: need" in line and "on /backup" in line, line
+        assert "etcd snapshot in progress" not in done.stderr and "invoking" not in done.stderr
+        assert listing(root) == ["snap-first.zip"]
+    finally:
+        subprocess.run(["umount", str(root / "backup")], check=True)

@@ -99,10 +99,10 @@ def test_settings_defaults_are_the_originals() -> None:
 def test_settings_from_env() -> None:
     settings = settings_from_env({
         "NGINX_PROXY_LISTEN_ADDRESS": "::1", "NGINX_PROXY_LISTEN_PORT": "16443",
-        "NGINX_PROXY_MAX_FAILS": "3", "NGINX_PROXY_FAIL_TIMEOUT": "500ms",
+        "NGINX_PROXY_MAX_FAILS": "3", "NGINX_PROXY_FAIL_TIMEOUT": "30s",
     })
     assert settings.listen == "[::1]:16443"
-    assert (settings.max_fails, settings.fail_timeout) == (3, "500ms")
+    assert (settings.max_fails, settings.fail_timeout) == (3, "30s")
 
 
 @pytest.mark.parametrize(
@@ -112,6 +112,8 @@ def test_settings_from_env() -> None:
         ({"NGINX_PROXY_LISTEN_PORT": "99999"}, "is not a port"),
         ({"NGINX_PROXY_MAX_FAILS": "-1"}, "is not a non-negative integer"),
         ({"NGINX_PROXY_FAIL_TIMEOUT": "10 s"}, "is not an nginx time"),
+        # nginx reads fail_timeout in seconds and refuses "ms" there ("invalid parameter")
+        ({"NGINX_PROXY_FAIL_TIMEOUT": "500ms"}, "is not an nginx time in seconds"),
     ],
 )
 def test_bad_settings(env: dict[str, str], message: str) -> None:

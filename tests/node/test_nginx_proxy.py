@@ -132,7 +132,7 @@ def test_rendered_config_passes_nginx_t_with_every_host_form(
     monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path))
     proxy = NginxProxy(Runner())
     text = render(parse_cp_hosts("127.0.0.1,[::1]:7443,::2,localhost:8443"), Settings("127.0.0.1", 16443),
-                  pid_path=proxy.pid_path, stream_module=proxy.stream_module())
+                  pid_path=proxy.pid_path, stream_module=proxy.stream_module)
     proxy.install(text)
     assert (tmp_path / "etc/nginx/nginx.conf").read_text() == text
     check = subprocess.run([NGINX, "-t", "-c", str(tmp_path / "etc/nginx/nginx.conf")],
