@@ -144,6 +144,11 @@ def age_decrypt(data: bytes, key: Path) -> bytes:
     return subprocess.run(["age", "-d", "-i", str(key)], input=data, capture_output=True, check=True).stdout
 
 
+def listing(directory: Path) -> list[str]:
+    """What RKE sees in /backup (sidekick's own state lives in the dot-directory .sidekick)."""
+    return sorted(name for name in os.listdir(directory) if not name.startswith("."))
+
+
 def s3_flags(s3: S3Server, bucket: str, folder: str = "") -> list[str]:
     assert s3.ca_path is not None
     return rke_s3_flags(s3.endpoint, bucket, ca_pem=s3.ca_path.read_bytes(), folder=folder)
@@ -172,7 +177,7 @@ def test_encrypted_save_to_s3_then_download_and_extract(tmp_path: Path, etcd_ssl
                          root=saver, env={**ENV, "SIDEKICK_AGE_RECIPIENTS": public})
     assert saved.returncode == 0, saved.stderr
     local = saver / "backup" / f"{NAME}.zip"
-    assert sorted(os.listdir(saver / "backup")) == [f"{NAME}.zip"]  # plain locally, no ciphertext left
+    assert listing(saver / "backup") == [f"{NAME}.zip"]  # plain locally, no ciphertext left
     assert zipfile.is_zipfile(local)
 
     client = s3_https.client()
@@ -193,7 +198,7 @@ def test_encrypted_save_to_s3_then_download_and_extract(tmp_path: Path, etcd_ssl
                          *s3_flags(s3_https, bucket, "cluster-a")],
                         root=restorer, env={**ENV, "SIDEKICK_AGE_IDENTITY_FILE": KEY_PATH})
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(restorer / "backup")) == [NAME, f"{NAME}.zip"]  # where RKE looks
+    assert listing(restorer / "backup") == [NAME, f"{NAME}.zip"]  # where RKE looks
     assert (restorer / "backup" / f"{NAME}.zip").read_bytes() == local.read_bytes()
     with zipfile.ZipFile(local) as zf:
         assert (restorer / "backup" / NAME).read_bytes() == zf.read(f"/backup/{NAME}")
@@ -255,7 +260,7 @@ def test_wrong_or_missing_identity_is_one_line_and_writes_nothing(
     missing = run_sidekick(argv, root=root, env=ENV)
     assert missing.returncode != 0
     assert "is encrypted with age: give its identity file" in last_line(missing.stderr)
-    assert os.listdir(root / "backup") == []
+    assert listing(root / "backup") == []
 
 
 class Serving:
@@ -303,7 +308,7 @@ def test_encrypted_local_archive_serves_peers_and_gives_the_state(
         sealed_node: tuple[Path, str, bytes], tmp_path: Path, etcd_ssl: RkeSsl) -> None:
     root, secret, state = sealed_node
     sealed = root / "backup" / f"{NAME}.zip.age"
-    assert sorted(os.listdir(root / "backup")) == [sealed.name]  # no plain zip on disk
+    assert listing(root / "backup") == [sealed.name]  # no plain zip on disk
     plain = age_decrypt(sealed.read_bytes(), root / KEY_PATH.lstrip("/"))
     with zipfile.ZipFile(io.BytesIO(plain)) as zf:
         db = zf.read(f"/backup/{NAME}")
@@ -325,4 +330,42 @@ def test_encrypted_local_archive_serves_peers_and_gives_the_state(
         err = server.stop()
     assert "snapshot sent" in err and secret not in err
     # the serving node keeps its encrypted archive and the extracted db only
-    assert sorted(os.listdir(root / "backup")) == sorted([NAME, sealed.name])
+    assert listing(root / "backup") == sorted([NAME, sealed.name])
+
+
+@pytest.mark.integration
+def test_catch_up_uploads_what_s3_missed_encrypted(tmp_path: Path, s3_http: S3Server) -> None:
+    """Plain local archives go up as ``.zip.age`` with the plaintext's digest; a local
+    ``.zip.age`` goes up as it is; a second run finds everything there and uploads nothing."""
+    from sidekick.etcd.budgets import Budgets
+    from sidekick.etcd.catchup import catch_up
+    from sidekick.etcd.s3 import S3Config, S3Store
+
+    identity, _, _ = keypair()
+    age = crypto.AgeSettings(recipients=(identity.to_public(),))  # type: ignore[attr-defined]
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    names = ["2024-10-04T11:00:00Z_etcd", "2024-10-04T11:05:00Z_etcd"]
+    for name in names:
+        (tmp_path / name).write_bytes(os.urandom(100_000))
+        write_archive(backup / f"{name}.zip", [(f"/backup/{name}", tmp_path / name)])
+    sealed = backup / "2024-10-04T11:10:00Z_etcd.zip.age"
+    crypto.encrypt_file(backup / f"{names[0]}.zip", sealed, age.recipients)
+    bucket = s3_http.new_bucket()
+    config = S3Config(endpoint=s3_http.url, bucket=bucket, folder="f", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    with S3Store(config, budgets=Budgets(retry_wait=0)) as store:
+        assert catch_up(store, backup, limit=10, age=age) == 3
+        assert catch_up(store, backup, limit=10, age=age) == 0
+    client = s3_http.client()
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == [f"f/{names[0]}.zip.age", f"f/{names[1]}.zip.age", f"f/{sealed.name}"]
+    for name in names:
+        head = client.head_object(Bucket=bucket, Key=f"f/{name}.zip.age")
+        plain = (backup / f"{name}.zip").read_bytes()
+        assert head["Metadata"]["archive-sha256"] == hashlib.sha256(plain).hexdigest()
+        body = client.get_object(Bucket=bucket, Key=f"f/{name}.zip.age")["Body"].read()
+        out = io.BytesIO()
+        crypto.decrypt_stream(io.BytesIO(body), out, [identity], what=name)
+        assert out.getvalue() == plain
+    assert client.get_object(Bucket=bucket, Key=f"f/{sealed.name}")["Body"].read() == sealed.read_bytes()
+    assert listing(backup) == sorted([f"{n}.zip" for n in names] + [sealed.name])  # no temp left
