@@ -8,7 +8,9 @@ age implementations sidekick could use, all on the same snapshot in the same run
   ``decrypt_io`` (what sidekick uses), pyrage's ``encrypt_file``/``decrypt_file``, and Debian's
   ``age`` binary through a pipe.
 
-Size: ``BENCH_ETCD_CRYPTO_MB`` (default 512 MB of etcd values).
+Size: ``BENCH_ETCD_CRYPTO_MB`` (default 512 MB of etcd values). The modes alternate for
+``BENCH_ETCD_CRYPTO_ROUNDS`` rounds (2) and each keeps its best, and the library figures are
+the best of three interleaved runs, so a busy neighbour on the machine skews neither side.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bench.common import SIDEKICK, Row
 from bench.etcd_save import _load, _mbps, _RssPoller
 
 SIZE_MB = int(os.environ.get("BENCH_ETCD_CRYPTO_MB", "512"))
+ROUNDS = int(os.environ.get("BENCH_ETCD_CRYPTO_ROUNDS", "2"))  # plain and age alternate; best of each
 NAME = "bench-crypto"
 
 
@@ -40,6 +43,12 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[3:5]} failed: {stderr[-2000:]}")
     return seconds, poller.peak
+
+
+def _best(figures: dict[str, tuple[float, int]], name: str, got: tuple[float, int]) -> None:
+    """Keep the fastest run's seconds and the highest peak RSS seen."""
+    seconds, rss = figures.get(name, (got[0], got[1]))
+    figures[name] = (min(seconds, got[0]), max(rss, got[1]))
 
 
 def _library_rows(archive: Path, work: Path) -> list[Row]:
@@ -69,13 +78,19 @@ def _library_rows(archive: Path, work: Path) -> list[Row]:
         with open(src, "rb") as stdin, open(dst, "wb") as stdout:
             subprocess.run(argv, stdin=stdin, stdout=stdout, check=True)
 
+    steps: dict[str, Callable[[], object]] = {
+        "enc_io": io_encrypt, "dec_io": io_decrypt,
+        "enc_file": lambda: pyrage.encrypt_file(str(archive), str(sealed), [recipient]),
+        "dec_file": lambda: pyrage.decrypt_file(str(sealed), str(out), [identity]),
+        "enc_age": lambda: pipe(["age", "-r", str(recipient)], archive, sealed),
+        "dec_age": lambda: pipe(["age", "-d", "-i", str(key)], sealed, out),
+    }
+    best: dict[str, float] = {}
+    for _ in range(3):  # each decryption reads what the encryption before it wrote
+        for name, step in steps.items():
+            best[name] = max(best.get(name, 0.0), timed(step))
+    enc_io, dec_io, enc_file, dec_file, enc_age, dec_age = (best[n] for n in steps)
     rows = []
-    enc_io = timed(io_encrypt)
-    dec_io = timed(io_decrypt)
-    enc_file = timed(lambda: pyrage.encrypt_file(str(archive), str(sealed), [recipient]))
-    dec_file = timed(lambda: pyrage.decrypt_file(str(sealed), str(out), [identity]))
-    enc_age = timed(lambda: pipe(["age", "-r", str(recipient)], archive, sealed))
-    dec_age = timed(lambda: pipe(["age", "-d", "-i", str(key)], sealed, out))
     note = f"archive {size / 1e6:.0f} MB, file to file"
     rows += [
         Row("age encrypt: pyrage encrypt_io (used)", enc_io, "MB/s", "pyrage encrypt_file", enc_file, note=note),
@@ -109,26 +124,27 @@ def run() -> list[Row]:
                     **rke_s3_env(ACCESS_KEY, SECRET_KEY)}
         figures: dict[str, tuple[float, int]] = {}
         snapshot_size = 0
-        for mode in ("plain", "age"):
-            bucket = s3.new_bucket(mode)
+        library_rows: list[Row] = []
+        for mode in ("plain", "age") * ROUNDS:
+            bucket = s3.new_bucket(mode)  # a fresh bucket: the upload is never skipped as present
             saver = node_root(work / f"save-{mode}", ssl_files)
             flags = rke_s3_flags(s3.url, bucket)
             env = {**base_env, "SIDEKICK_ROOT": str(saver)}
             if mode == "age":
                 env["SIDEKICK_AGE_RECIPIENTS"] = public
-            figures[f"save-{mode}"] = _run([str(SIDEKICK), "rke-etcd-backup",
-                                            *rke_save_argv(etcd.endpoint, NAME, "--once", *flags)], env)
+            _best(figures, f"save-{mode}", _run([str(SIDEKICK), "rke-etcd-backup",
+                                                 *rke_save_argv(etcd.endpoint, NAME, "--once", *flags)], env))
             restorer = node_root(work / f"restore-{mode}", ssl_files)
             (restorer / "keys").mkdir()
             shutil.copy(key, restorer / "keys/age.key")
             env = {**base_env, "SIDEKICK_ROOT": str(restorer)}
             if mode == "age":
                 env["SIDEKICK_AGE_IDENTITY_FILE"] = "/keys/age.key"
-            figures[f"download-{mode}"] = _run([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "download",
-                                                "--name", NAME, *flags], env)
+            _best(figures, f"download-{mode}", _run([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "download",
+                                                     "--name", NAME, *flags], env))
             snapshot_size = (restorer / "backup" / NAME).stat().st_size
             archive = saver / "backup" / f"{NAME}.zip"
-            if mode == "plain":
+            if mode == "plain" and not library_rows:
                 library_rows = _library_rows(archive, work)
             shutil.rmtree(restorer)
             shutil.rmtree(saver)
