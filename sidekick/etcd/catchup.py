@@ -22,7 +22,6 @@ from sidekick.etcd.prune import local_files
 from sidekick.etcd.s3 import (
     AGE_CONTENT_TYPE,
     ARCHIVE_SHA_META,
-    CONTENT_TYPE,
     ENCRYPTION_META,
     SNAPSHOT_SHA_META,
     S3Store,
@@ -92,7 +91,9 @@ def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "",
             snapshot_sha = read_manifest(path).get(layout.snapshot_entry(snapshot.name[: -len(layout.ARCHIVE_SUFFIX)]))
             if snapshot_sha:
                 metadata[SNAPSHOT_SHA_META] = snapshot_sha
-        if encrypt:
+        if sealed:
+            store.upload_file(path, key, metadata=metadata, content_type=AGE_CONTENT_TYPE)
+        elif encrypt:
             temp = temp_path(path.with_name(crypto.encrypted_name(path.name)))
             try:
                 crypto.encrypt_file(path, temp, age.recipients, stop=store.stop)
@@ -100,7 +101,7 @@ def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "",
             finally:
                 temp.unlink(missing_ok=True)
         else:
-            store.upload_file(path, key, metadata=metadata, content_type=AGE_CONTENT_TYPE if sealed else CONTENT_TYPE)
+            store.upload_file(path, key, metadata=metadata)
         remember(path, key, sha)
         uploaded += 1
         log.info("caught up: uploaded a snapshot S3 lacked", extra=kv(key=key, size=snapshot.size,

@@ -47,7 +47,6 @@ from sidekick.etcd.progress import Progress
 from sidekick.etcd.s3 import (
     AGE_CONTENT_TYPE,
     ARCHIVE_SHA_META,
-    CONTENT_TYPE,
     ENCRYPTION_META,
     SNAPSHOT_SHA_META,
     S3Config,
@@ -260,15 +259,17 @@ class Saver:
                          "for the bucket", extra=kv(name=snap.name, key=key))
                 return
             metadata = {SNAPSHOT_SHA_META: snap.snapshot_sha256, ARCHIVE_SHA_META: snap.archive.sha256}
-            content_type = CONTENT_TYPE
             if self.age.encrypts:  # the digests stay those of the plaintext
                 metadata[ENCRYPTION_META] = crypto.AGE
-                content_type = AGE_CONTENT_TYPE
             with self.upload_source(snap) as path:
                 size = path.stat().st_size
                 progress = Progress(log, "upload", total=size, interval=self.progress_interval,
                                     key=key, bucket=store.config.bucket)
-                store.upload_file(path, key, metadata=metadata, on_bytes=progress.add, content_type=content_type)
+                if self.age.encrypts:
+                    store.upload_file(path, key, metadata=metadata, on_bytes=progress.add,
+                                      content_type=AGE_CONTENT_TYPE)
+                else:
+                    store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
         except (S3Error, crypto.CryptoError) as err:
             raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
         progress.finish(size=size, sha256=snap.archive.sha256)
