@@ -29,10 +29,10 @@ import os
 import posixpath
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from sidekick import log as sklog
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
@@ -679,8 +679,13 @@ class S3Store:
         return self.fetch(key, dest, size=size, expected=expected, on_bytes=on_bytes)
 
     def fetch(self, key: str, dest: Path, *, size: int, expected: str,
-              on_bytes: Callable[[int], None] | None = None) -> str:
-        """:meth:`download_to` once the object's size and expected sha256 are known."""
+              on_bytes: Callable[[int], None] | None = None, scratch: bool = False) -> str:
+        """:meth:`download_to` once the object's size and expected sha256 are known.
+
+        ``scratch``: ``dest`` is a temp name its caller removes once read (the ciphertext of an
+        encrypted snapshot, which age authenticates): written in place, neither fsynced nor
+        hashed, so it costs one write; the result is then "".
+        """
         from boto3.s3.transfer import TransferConfig
 
         expected = expected.lower()
@@ -688,15 +693,22 @@ class S3Store:
                                 max_concurrency=CONCURRENCY, use_threads=True, num_download_attempts=1)
         self.phase.extend(self.budgets.for_bytes(size))
 
+        def into(out: Any) -> None:
+            try:
+                bounded(lambda: self.client.download_fileobj(self.config.bucket, key, out,
+                                                                ExtraArgs=self.config.sse_c_args() or None,
+                                                                Config=config, Callback=on_bytes))
+            except Exception as err:
+                raise _error(f"failed to download {key}", err) from None
+
         def get(deadline: Deadline) -> str:
             deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
+            if scratch:
+                with _scratch_output(dest) as out:
+                    into(out)
+                return ""
             with atomic_output(dest, mode=0o600) as pending:
-                try:
-                    bounded(lambda: self.client.download_fileobj(self.config.bucket, key, pending.file,
-                                                                    ExtraArgs=self.config.sse_c_args() or None,
-                                                                    Config=config, Callback=on_bytes))
-                except Exception as err:
-                    raise _error(f"failed to download {key}", err) from None
+                into(pending.file)
                 pending.file.flush()
                 digest = file_sha256(pending.temp)  # parts arrive out of order: hash once complete
                 if expected and digest != expected:
@@ -705,6 +717,19 @@ class S3Store:
             return digest
 
         return self._step(f"S3 download {key}", get)
+
+
+@contextlib.contextmanager
+def _scratch_output(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for writing from scratch (mode 0600); removed if the block fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
 
 
 def _not_implemented(err: BaseException) -> bool:
@@ -769,7 +794,7 @@ def download_snapshot(store: S3Store, name: str, backup_dir: Path, *, on_bytes: 
     log.info("downloading encrypted snapshot from S3", extra=kv(key=key, bucket=store.config.bucket, dest=str(dest),
                                                                 encryption=metadata.get(ENCRYPTION_META, crypto.AGE)))
     try:
-        store.fetch(key, cipher, size=size, expected="", on_bytes=on_bytes)
+        store.fetch(key, cipher, size=size, expected="", on_bytes=on_bytes, scratch=True)
         digest = crypto.decrypt_file(cipher, dest, identities, what=key,
                                      expected_sha256=metadata.get(ARCHIVE_SHA_META, ""), stop=store.stop)
     finally:
