@@ -345,3 +345,38 @@ def test_new_settings_parse_in_the_go_dialect(monkeypatch: pytest.MonkeyPatch) -
     assert ctx.params["s3_insecure_skip_verify"] is True and ctx.params["s3_addressing_style"] == "virtual"
     assert ctx.params["s3_sse"] == "aws:kms" and ctx.params["s3_checksum"] == "SHA256"
     assert ctx.params["age_identity_file"] == "/keys/age.txt"
+
+
+@pytest.mark.integration
+def test_secrets_from_files_never_reach_a_debug_log(tmp_path: Path, s3_https: S3Server) -> None:
+    """The real executable at debug level, with every secret setting given: the SSE-C key,
+    the keys from files and the session token appear in no line."""
+    from sidekick.etcd.archive import write_archive
+    from tests.conftest import run_sidekick
+    from tests.harness.etcd_backup import rke_s3_flags
+
+    root = tmp_path / "node"
+    (root / "backup").mkdir(parents=True)
+    (root / "secrets").mkdir()
+    key = os.urandom(32)
+    (root / "secrets/sse-c").write_bytes(key)
+    (root / "secrets/access").write_text(ACCESS_KEY + "\n")
+    (root / "secrets/secret").write_text(SECRET_KEY + "\n")
+    (tmp_path / "snap").write_bytes(os.urandom(50_000))
+    archive = write_archive(tmp_path / "snap.zip", [("/backup/snap", tmp_path / "snap")])
+    bucket = s3_https.new_bucket()
+    s3_https.client().put_object(Bucket=bucket, Key="snap.zip", Body=archive.path.read_bytes(),
+                                 Metadata={"archive-sha256": archive.sha256},
+                                 SSECustomerAlgorithm="AES256", SSECustomerKey=key)
+    assert s3_https.ca_path is not None
+    token = "IQoJb3JpZ2luX2VjEXAMPLETOKENVALUE"
+    done = run_sidekick(["rke-etcd-backup", "etcd-backup", "download", "--name", "snap",
+                         *rke_s3_flags(s3_https.endpoint, bucket, ca_pem=s3_https.ca_path.read_bytes())],
+                        root=root, env={"RANCHER_DEBUG": "true", "S3_SSE_C_KEY_FILE": "/secrets/sse-c",
+                                        "S3_ACCESS_KEY_FILE": "/secrets/access",
+                                        "S3_SECRET_KEY_FILE": "/secrets/secret", "S3_SESSION_TOKEN": token})
+    assert done.returncode == 0, done.stderr
+    assert (root / "backup/snap").read_bytes() == (tmp_path / "snap").read_bytes()
+    assert "level=debug" in done.stderr
+    for secret in (base64.b64encode(key).decode(), SECRET_KEY, token):
+        assert secret not in done.stderr
