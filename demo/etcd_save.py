@@ -149,3 +149,25 @@ def save_encrypted_and_restore(ctx: Context) -> str:
             f"node2 -> /backup/{name}.zip identical: {same}, /backup/{name} "
             f"{(other / 'backup' / name).stat().st_size // 1024} KiB; age -d agrees: "
             f"{hashlib.sha256(by_age).hexdigest() == hashlib.sha256(local).hexdigest()}")
+
+
+def prune_dry_run(ctx: Context) -> str:
+    """A keep-daily policy over two weeks of 6-hourly snapshots: what prune would delete, and why."""
+    import datetime as dt
+
+    from sidekick.etcd.retention import rolling_name
+
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    names = [f"{rolling_name(now - dt.timedelta(hours=6 * i))}.zip" for i in range(56)]
+    for name in names:
+        (ctx.root / "backup" / name).write_bytes(b"PK")
+    result = ctx.sidekick("rke-etcd-backup", "etcd-backup", "prune", "--dry-run", "--retention=24h",
+                          "--keep-daily=7")
+    lines = result.stdout.splitlines()
+    deletes = [line for line in lines if line.startswith("delete local")]
+    kept_daily = [line for line in lines if line.startswith("keep local") and "daily" in line]
+    for name in names:  # the demo's own history goes again; the dry run deleted nothing
+        (ctx.root / "backup" / name).unlink()
+    return (f"{len(names)} snapshots (2 weeks, 6-hourly), --retention=24h --keep-daily=7: "
+            f"{len(deletes)} would go, {len(lines) - len(deletes)} stay ({len(kept_daily)} by keep-daily); "
+            f"e.g. '{deletes[0]}' / '{kept_daily[-1]}'")

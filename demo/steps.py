@@ -13,7 +13,12 @@ from typing import Any
 from demo.entrypoint import aws_hostname, scheduler_passthrough
 from demo.etcd_drill import local_restore_drill, s3_restore_drill
 from demo.etcd_restore import extract_state_file, large_transfer, serve_and_download
-from demo.etcd_save import rolling_retention, save_encrypted_and_restore, save_once_to_s3
+from demo.etcd_save import (
+    prune_dry_run,
+    rolling_retention,
+    save_encrypted_and_restore,
+    save_once_to_s3,
+)
 from demo.node_tools import cert_deployer_bundle, nginx_proxy_failover
 from tests.harness.etcd import EtcdServer
 from tests.harness.pki import CertificateAuthority, RkeSsl
@@ -75,6 +80,7 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("etcd snapshot --once to S3 (HTTPS)", save_once_to_s3),
     ("etcd snapshot age-encrypted + restore", save_encrypted_and_restore),
     ("etcd rolling tick: S3 retention", rolling_retention),
+    ("etcd prune --dry-run: keep-daily policy", prune_dry_run),
     ("etcd restore: serve + peer download", serve_and_download),
     ("etcd restore: 256 MB peer transfer", large_transfer),
     ("etcd restore: extractstatefile", extract_state_file),

@@ -10,17 +10,29 @@ plain HTTPS calls:
 
 * instance metadata: ``GET /metadata/instance/compute`` with ``Metadata: true`` and
   ``api-version=2019-08-15`` (where the VM lives: subscription, resource group, name, scale set);
-* a token: OAuth2 client credentials (``aadClientId``/``aadClientSecret``/``tenantId``) at the
-  Azure AD of the configured ``cloud``, for that cloud's Resource Manager;
+* a token for the configured ``cloud``'s Resource Manager: OAuth2 client credentials
+  (``aadClientId``/``aadClientSecret``/``tenantId``) at that cloud's Azure AD, as the original
+  did; or, when those are not all given and the config sets ``useManagedIdentityExtension``,
+  the VM's managed identity from instance metadata (``/metadata/identity/oauth2/token``), the
+  user-assigned one when ``userAssignedIdentityID`` names it (rancher/rke#2413; the original
+  never had this). The client secret stays first so a config that works today works the same;
+  cloud-provider-azure itself prefers the identity when both are set;
 * Resource Manager: the VM (or the scale-set instance's network interfaces), then the NIC,
   whose subnet ID names the vnet, its resource group and the subnet, and whose security group
   ID names the NSG.
 
 Differences, on purpose: values that are ``null`` count as missing (the original's ``jq -r``
-turned them into the string "null" and wrote that back); the VM is looked up where instance
+turned them into the string "null" and wrote that back); a found value that is not a plausible
+Azure name (a GUID subscription, a resource group of word characters, ``.-()``, ...) counts as
+missing too, so an error page never lands in the file; the VM is looked up where instance
 metadata says it is; the subscription falls back to instance metadata; the file is replaced
 atomically with its mode and owner kept, and only when something changed; the client secret
-and the token are registered as secrets, so no log line can carry them.
+and the tokens are registered as secrets, so no log line can carry them.
+
+Bounds: the whole completion has :data:`TOTAL_SECONDS`; each request its own deadline for all
+of it and a cap on its answer (:mod:`sidekick.host.metadata`); a scale set's instances are
+read page by page only until the VM is found (at most ``AzureArm.MAX_PAGES`` pages).
+``SIDEKICK_BUDGET_SCALE`` multiplies every time bound.
 
 Azure AD and Resource Manager are reached through ``HTTPS_PROXY`` (CONNECT, with basic
 credentials from the URL) unless ``NO_PROXY`` covers them, as the ``az`` CLI did; instance
@@ -40,12 +52,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidekick.deadline import Deadline
 from sidekick.errors import SidekickError, UsageError
 from sidekick.host.files import atomic_write
 from sidekick.host.metadata import (
@@ -53,11 +67,12 @@ from sidekick.host.metadata import (
     AZURE_METADATA_URL,
     AzureArm,
     AzureMetadata,
-    Deadline,
     MetadataError,
+    service_url,
 )
 from sidekick.log import kv, register_secret
 from sidekick.paths import host_path
+from sidekick.settings import budget_scale
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +87,20 @@ USAGE = "usage: cloud-provider.sh [set_azure_config]"
 
 NETWORK_FIELDS = ("vnetResourceGroup", "vnetName", "subnetName", "securityGroupName")
 FILLED_FIELDS = ("subscriptionId", "location", "resourceGroup", *NETWORK_FIELDS)
+SECRET_FIELDS = ("aadClientId", "aadClientSecret", "tenantId")
+
+# What Azure allows in each filled value (its naming rules, a little lenient on lengths).
+_GROUP = re.compile(r"[-\w.()]{0,89}[-\w()]")  # 1-90, no trailing period
+_NAME = re.compile(r"[-\w.]{1,80}")
+PLAUSIBLE = {
+    "subscriptionId": re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
+    "location": re.compile(r"[A-Za-z0-9]{1,64}"),
+    "resourceGroup": _GROUP,
+    "vnetResourceGroup": _GROUP,
+    "vnetName": _NAME,
+    "subnetName": _NAME,
+    "securityGroupName": _NAME,
+}
 
 
 @dataclass(frozen=True)
@@ -161,6 +190,22 @@ def network_from_nic(nic: Mapping[str, object]) -> dict[str, str]:
     return {k: v for k, v in found.items() if v}
 
 
+def implausible(found: Mapping[str, str]) -> list[str]:
+    """The keys of found values that Azure would not have issued."""
+    return [key for key, value in found.items() if key in PLAUSIBLE and not PLAUSIBLE[key].fullmatch(value)]
+
+
+def login_method(config: Mapping[str, object]) -> str:
+    """How to get a Resource Manager token: ``secret`` when the service principal is complete
+    (as the original did), else ``identity`` when the config turns the managed identity on,
+    else "" (no way)."""
+    if all(text(config, key) for key in SECRET_FIELDS):
+        return "secret"
+    if config.get("useManagedIdentityExtension") is True:
+        return "identity"
+    return ""
+
+
 def merge(config: Mapping[str, object], found: Mapping[str, str]) -> tuple[dict[str, object] | None, list[str]]:
     """The completed config, or None and the names of the values still missing.
 
@@ -184,50 +229,55 @@ def _path(*segments: str) -> str:
 ArmFactory = Callable[[AzureCloud], AzureArm]
 
 
-def default_arm(cloud: AzureCloud) -> AzureArm:
-    return AzureArm(
-        login_url=os.environ.get(LOGIN_ENV) or cloud.login,
-        arm_url=os.environ.get(ARM_ENV) or cloud.arm,
-        resource=cloud.arm + "/",
-    )
+def arm_for(scale: float) -> ArmFactory:
+    """Resource Manager of a cloud at its own endpoints (or the test settings')."""
+
+    def make(cloud: AzureCloud) -> AzureArm:
+        return AzureArm(
+            login_url=service_url(os.environ.get(LOGIN_ENV, ""), cloud.login, name=LOGIN_ENV),
+            arm_url=service_url(os.environ.get(ARM_ENV, ""), cloud.arm, name=ARM_ENV),
+            resource=cloud.arm + "/",
+            scale=scale,
+        )
+
+    return make
 
 
-def _vm_nic(arm: AzureArm, sub: str, group: str, name: str, deadline: Deadline) -> Mapping[str, object]:
+def _vm_nic(arm: AzureArm, sub: str, group: str, name: str, lookup: Deadline) -> Mapping[str, object]:
     vm = arm.get(
         _path("subscriptions", sub, "resourceGroups", group, "providers", "Microsoft.Compute", "virtualMachines", name),
         api_version=COMPUTE_API,
-        deadline=deadline,
+        lookup=lookup,
     )
     profile = _props(vm).get("networkProfile")
     ref = primary(profile.get("networkInterfaces") if isinstance(profile, Mapping) else None)
     nic_id = ref.get("id") if ref else None
     if not isinstance(nic_id, str):
         raise MetadataError(f"virtual machine {name} lists no network interface")
-    return arm.get(nic_id, api_version=NETWORK_API, deadline=deadline)
+    return arm.get(nic_id, api_version=NETWORK_API, lookup=lookup)
 
 
-def _vmss_nic(arm: AzureArm, sub: str, group: str, scale_set: str, name: str, deadline: Deadline) -> Mapping[str, object]:
+def _vmss_nic(arm: AzureArm, sub: str, group: str, scale_set: str, name: str, lookup: Deadline) -> Mapping[str, object]:
     base = _path(
         "subscriptions", sub, "resourceGroups", group, "providers", "Microsoft.Compute",
         "virtualMachineScaleSets", scale_set, "virtualMachines",
     )  # fmt: skip
-    instances = arm.list(base, api_version=COMPUTE_API, deadline=deadline)
-    matches = [i.get("instanceId") for i in instances if i.get("name") == name]
-    instance_id = str(matches[0]) if matches and matches[0] is not None else None
+    instances = arm.items(base, api_version=COMPUTE_API, lookup=lookup)
+    instance_id = next((str(i["instanceId"]) for i in instances if i.get("name") == name and i.get("instanceId") is not None), None)
     if instance_id is None:
         raise MetadataError(f"scale set {scale_set} has no instance named {name}")
-    nics = arm.list(f"{base}{_path(instance_id, 'networkInterfaces')}", api_version=VMSS_NIC_API, deadline=deadline)
-    nic = primary(nics)
+    nics = arm.items(f"{base}{_path(instance_id, 'networkInterfaces')}", api_version=VMSS_NIC_API, lookup=lookup)
+    nic = primary(list(nics))
     if nic is None:
         raise MetadataError(f"scale set instance {name} has no network interface")
     return nic
 
 
 def discover(
-    config: Mapping[str, object], *, imds: AzureMetadata, arm_factory: ArmFactory, deadline: Deadline
+    config: Mapping[str, object], *, imds: AzureMetadata, arm_factory: ArmFactory, lookup: Deadline
 ) -> dict[str, str]:
     """Values for the config's gaps; Resource Manager is asked only when a network value is missing."""
-    compute = imds.compute(deadline)
+    compute = imds.compute(lookup)
     found = {
         "subscriptionId": str(compute.get("subscriptionId") or ""),
         "location": str(compute.get("location") or ""),
@@ -239,14 +289,21 @@ def discover(
     cloud = cloud_for(cloud_name)
     if cloud is None:
         raise MetadataError(f"unknown Azure cloud {cloud_name!r}")
-    credentials = {key: text(config, key) for key in ("aadClientId", "aadClientSecret", "tenantId")}
-    if not all(credentials.values()):
-        raise MetadataError("aadClientId, aadClientSecret and tenantId are needed to look up the network")
+    method = login_method(config)
+    if not method:
+        raise MetadataError(
+            "aadClientId, aadClientSecret and tenantId (or useManagedIdentityExtension) are needed to look up the network"
+        )
     arm = arm_factory(cloud)
-    arm.login(
-        tenant=credentials["tenantId"], client_id=credentials["aadClientId"],
-        secret=credentials["aadClientSecret"], deadline=deadline,
-    )  # fmt: skip
+    if method == "secret":
+        arm.login(
+            tenant=text(config, "tenantId"), client_id=text(config, "aadClientId"),
+            secret=text(config, "aadClientSecret"), lookup=lookup,
+        )  # fmt: skip
+    else:
+        identity = text(config, "userAssignedIdentityID")
+        log.info("reading Resource Manager as the VM's managed identity", extra=kv(identity=identity or "system-assigned"))
+        arm.use_identity(imds, identity, lookup)
     sub, group, name = found["subscriptionId"], found["resourceGroup"], str(compute.get("name") or "")
     if not (sub and group and name):
         raise MetadataError("instance metadata lacks the VM's subscription, resource group or name")
@@ -254,9 +311,9 @@ def discover(
         scale_set = str(compute.get("vmScaleSetName") or "")
         if not scale_set:
             raise MetadataError("vmType is vmss but instance metadata names no scale set")
-        nic = _vmss_nic(arm, sub, group, scale_set, name, deadline)
+        nic = _vmss_nic(arm, sub, group, scale_set, name, lookup)
     else:
-        nic = _vm_nic(arm, sub, group, name, deadline)
+        nic = _vm_nic(arm, sub, group, name, lookup)
     found.update(network_from_nic(nic))
     return {k: v for k, v in found.items() if v}
 
@@ -265,12 +322,13 @@ def complete(
     path: Path,
     *,
     imds: AzureMetadata | None = None,
-    arm_factory: ArmFactory = default_arm,
-    budget: float = TOTAL_SECONDS,
+    arm_factory: ArmFactory | None = None,
+    scale: float = 1.0,
 ) -> bool:
     """Complete the cloud-config at ``path``; True when it is complete afterwards.
 
-    Raises SidekickError when the file cannot be read or is not a JSON object.
+    ``scale`` multiplies the time budgets. Raises SidekickError when the file cannot be read
+    or is not a JSON object, UsageError for a malformed service URL setting.
     """
     try:
         config = json.loads(path.read_text())
@@ -281,12 +339,20 @@ def complete(
     if not isinstance(config, dict):
         raise SidekickError(f"{path} is not a JSON object")
     register_secret(text(config, "aadClientSecret"))
-    imds = imds or AzureMetadata(os.environ.get(AZURE_METADATA_ENV) or AZURE_METADATA_URL)
+    if imds is None:
+        url = service_url(os.environ.get(AZURE_METADATA_ENV, ""), AZURE_METADATA_URL, name=AZURE_METADATA_ENV)
+        imds = AzureMetadata(url, scale=scale)
+    lookup = Deadline(TOTAL_SECONDS * scale, what="the Azure cloud-config completion")
     reason = ""
     try:
-        found = discover(config, imds=imds, arm_factory=arm_factory, deadline=Deadline(budget))
+        found = discover(config, imds=imds, arm_factory=arm_factory or arm_for(scale), lookup=lookup)
     except MetadataError as err:
         found, reason = {}, str(err)
+    odd = implausible(found)
+    if odd:
+        found = {key: value for key, value in found.items() if key not in odd}
+        reason = f"{reason}; " if reason else ""
+        reason += f"values Azure would not issue: {','.join(odd)}"
     completed, missing = merge(config, found)
     if completed is None:
         log.warning(
@@ -304,10 +370,10 @@ def complete(
     return True
 
 
-def complete_quietly() -> None:
+def complete_quietly(scale: float = 1.0) -> None:
     """entrypoint.sh's use: any failure is a warning, the component starts regardless."""
     try:
-        complete(host_path(CONFIG_PATH))
+        complete(host_path(CONFIG_PATH), scale=scale)
     except SidekickError as err:
         log.warning("cannot complete the Azure cloud-config: %s", err)
 
@@ -319,6 +385,6 @@ def main(argv: list[str]) -> int:
     if argv not in ([], ["set_azure_config"]):
         raise UsageError(USAGE)
     path = host_path(CONFIG_PATH)
-    if not complete(path):
+    if not complete(path, scale=budget_scale(os.environ)):
         raise SidekickError(f"kept the passed cloud-config {path}: values are missing (see the warning above)")
     return 0

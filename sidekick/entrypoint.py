@@ -9,7 +9,8 @@ command it is given, replacing itself (exec), with the arguments as given plus:
 * kubelet, kube-apiserver, kube-controller-manager with ``cloud-provider=azure`` in any
   argument: ``/etc/kubernetes/cloud-config`` completed from Azure (:mod:`sidekick.cloud_provider`);
 * kubelet, kube-proxy without ``--hostname-override``: ``--hostname-override=`` from EC2
-  metadata (IMDSv2, short timeouts), else the host's FQDN;
+  metadata (IMDSv2; the lookup ends within 4 s however the service answers), else the host's
+  FQDN; an answer that is not an RFC 1123 host name (an error page) is not used;
 * kubelet: the container prepared and ``--cgroup-driver=`` added (:mod:`sidekick.kubelet`).
 
 Flag order is random and values may be empty (RKE renders a Go map), so nothing here
@@ -19,6 +20,8 @@ are imported only on the branch that needs them.
 
 Environment for tests: ``SIDEKICK_AWS_METADATA_URL`` (default ``http://169.254.169.254``)
 moves the EC2 metadata service; see :mod:`sidekick.cloud_provider` for Azure's.
+``SIDEKICK_BUDGET_SCALE`` multiplies the metadata time budgets (0.001-100); a bad value stops
+the preparation with one line before any step.
 """
 
 from __future__ import annotations
@@ -65,6 +68,26 @@ def wants_hostname(args: Sequence[str]) -> bool:
     """RKE drops ``--hostname-override`` for AWS with instance-metadata hostnames (an empty
     value still counts as given)."""
     return bool(args) and args[0] in HOSTNAME_COMPONENTS and not has_flag(args, "--hostname-override")
+
+
+def host_name(answer: str) -> str | None:
+    """The first name of an EC2 ``hostname`` answer (names separated by spaces), or None when
+    the answer is not a list of RFC 1123 host names, as an HTML error page is not.
+
+    Each label: 1-63 letters, digits or hyphens, not starting or ending with a hyphen; at most
+    253 characters in all; the last label not all digits (so no IPv4 address, no "502").
+    """
+    names = answer.split()
+    for name in names:
+        labels = name.split(".")
+        if len(name) > 253 or labels[-1].isdigit():
+            return None
+        for label in labels:
+            if not (0 < len(label) <= 63 and label.isascii() and label.replace("-", "").isalnum()):
+                return None
+            if label.startswith("-") or label.endswith("-"):
+                return None
+    return names[0] if names else None
 
 
 def iptables_wrapper_argv(root: str) -> list[str]:
@@ -139,16 +162,31 @@ def fqdn(*, timeout: float = 3.0) -> str:
     return found[0] if found else short
 
 
-def node_hostname() -> str:
-    """EC2's name for this instance, or the FQDN; bounded to a few seconds off EC2."""
+def node_hostname(scale: float) -> str:
+    """EC2's name for this instance, or the FQDN; the lookup ends within ``4 s * scale``."""
     import os
 
-    from sidekick.host.metadata import AWS_METADATA_ENV, AWS_METADATA_URL, Ec2Metadata
+    from sidekick.host.metadata import (
+        AWS_METADATA_ENV,
+        AWS_METADATA_URL,
+        Ec2Metadata,
+        MetadataError,
+        service_url,
+    )
 
-    name = Ec2Metadata(os.environ.get(AWS_METADATA_ENV) or AWS_METADATA_URL).hostname()
-    if name:
-        return name.split()[0]
-    return fqdn()
+    url = service_url(os.environ.get(AWS_METADATA_ENV, ""), AWS_METADATA_URL, name=AWS_METADATA_ENV)
+    try:
+        answer = Ec2Metadata(url, scale=scale).hostname()
+    except MetadataError as err:
+        _logger().warning("no host name from EC2 metadata, using the FQDN", extra={"fields": {"reason": str(err)}})
+        return fqdn()
+    name = host_name(answer)
+    if name is None:
+        shown = answer if len(answer) <= 80 else answer[:77] + "..."
+        _logger().warning("EC2 metadata's host name is not an RFC 1123 host name, using the FQDN",
+                          extra={"fields": {"answer": shown}})  # fmt: skip
+        return fqdn()
+    return name
 
 
 def needs_preparation(args: Sequence[str]) -> bool:
@@ -183,9 +221,16 @@ def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
         return exec_fn(args)
     import os
 
+    from sidekick.settings import budget_scale
+
     component = args[0]
     env = os.environ
     _logger()  # the branches below (and the modules they import) log
+    scale = budget_scale(env)  # a bad setting stops the start before any step
+    if component == "kubelet":
+        from sidekick.kubelet import ready_timeout
+
+        ready_timeout(env)
     if wants_iptables_wrapper(component) or wants_br_netfilter(component, env):
         from sidekick.host.proc import Runner
         from sidekick.paths import root
@@ -204,10 +249,10 @@ def main(argv: list[str], *, exec_fn: ExecFn = exec_command) -> int:
     if wants_azure(args):
         from sidekick.cloud_provider import complete_quietly
 
-        complete_quietly()
+        complete_quietly(scale)
     if wants_hostname(args):
-        name = node_hostname()
-        _logger().info("no --hostname-override given, using the instance's name", extra={"fields": {"hostname": name}})
+        name = node_hostname(scale)
+        _logger().info("no --hostname-override given, adding the node's name", extra={"fields": {"hostname": name}})
         args.append(f"--hostname-override={name}")
     if component == "kubelet":
         from sidekick.kubelet import run as run_kubelet

@@ -57,6 +57,7 @@ CRI_DOCKERD = "/opt/rke-tools/bin/cri-dockerd"
 CRI_DOCKERD_SOCKET = "/var/run/cri-dockerd.sock"
 CRI_DOCKERD_READY_ENV = "SIDEKICK_CRIDOCKERD_READY_TIMEOUT"
 CRI_DOCKERD_READY_TIMEOUT = 60.0  # the original slept a fixed 10 s and hoped
+CRI_DOCKERD_READY_MAX = 3600.0
 
 
 # --- actions -------------------------------------------------------------------------
@@ -402,14 +403,15 @@ def apply(actions: Sequence[Action], host: Host) -> int:
 
 
 def ready_timeout(env: Mapping[str, str]) -> float:
-    try:
-        return float(env.get(CRI_DOCKERD_READY_ENV) or CRI_DOCKERD_READY_TIMEOUT)
-    except ValueError:
-        return CRI_DOCKERD_READY_TIMEOUT
+    """Seconds to wait for cri-dockerd's socket: 0-3600 (60); anything else is a usage error."""
+    from sidekick.settings import number
+
+    return number(env, CRI_DOCKERD_READY_ENV, CRI_DOCKERD_READY_TIMEOUT, low=0, high=CRI_DOCKERD_READY_MAX)
 
 
 def run(args: list[str], env: Mapping[str, str], *, exec_fn: ExecFn, host: Host | None = None) -> int:
     """Prepare the container, then exec kubelet (or supervise it beside cri-dockerd)."""
+    wait_ready = ready_timeout(env)  # a bad setting stops us before any step
     host = host or Host()
     docker = DockerEngine(host_path(DOCKER_SOCKET))
     facts = gather(docker, host.mounter)
@@ -431,5 +433,5 @@ def run(args: list[str], env: Mapping[str, str], *, exec_fn: ExecFn, host: Host 
         decided.cri_dockerd,
         command,
         ready=lambda: socket_answers(socket_path),
-        ready_timeout=ready_timeout(env),
+        ready_timeout=wait_ready,
     )

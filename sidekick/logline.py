@@ -13,7 +13,6 @@ with :mod:`json`, whose import pulls in :mod:`re` and would slow the hot path in
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -59,15 +58,26 @@ def redact(text: str) -> str:
     return text
 
 
+def _getenv(name: str) -> str:
+    """``os.environ.get(name, "")`` without importing os on the entrypoint's fast path: once os
+    is loaded its environ is the truth (it sees later changes); before, the process's own."""
+    loaded = sys.modules.get("os")
+    if loaded is not None:
+        return str(loaded.environ.get(name, ""))
+    import posix
+
+    return posix.environ.get(name.encode(), b"").decode("utf-8", "surrogateescape")
+
+
 def _chosen_format() -> str:
-    return os.environ.get(FORMAT_ENV, "").strip().lower() or "text"
+    return _getenv(FORMAT_ENV).strip().lower() or "text"
 
 
 def check_format() -> None:
     """Refuse an unknown ``SIDEKICK_LOG_FORMAT`` (the refusal itself is written as text)."""
     chosen = _chosen_format()
     if chosen not in FORMATS:
-        raise UsageError(f"{FORMAT_ENV}={os.environ.get(FORMAT_ENV, '')!r} is not one of: {', '.join(FORMATS)}")
+        raise UsageError(f"{FORMAT_ENV}={_getenv(FORMAT_ENV)!r} is not one of: {', '.join(FORMATS)}")
 
 
 def quote(value: object) -> str:

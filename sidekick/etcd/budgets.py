@@ -26,13 +26,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sidekick.errors import UsageError
 from sidekick.retry import Policy
+from sidekick.settings import budget_scale
 
 if TYPE_CHECKING:
     from sidekick.etcd.options import Options
 
-SCALE_ENV = "SIDEKICK_BUDGET_SCALE"
 ETCD_BUDGET = 40.0
 HEALTH_TIMEOUT = 10.0
 SNAPSHOT_STALL = 60.0
@@ -55,19 +54,6 @@ LOCK_WAIT = 60.0  # a second save or prune on the node waits this long for the f
 SPACE_MARGIN = 1.5  # free space needed before a snapshot: the last snapshot's size times this
 
 
-def scale_from_env() -> float:
-    text = os.environ.get(SCALE_ENV, "").strip()
-    if not text:
-        return 1.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{SCALE_ENV}={text!r} is not a number") from None
-    if not 0.001 <= value <= 100:
-        raise UsageError(f"{SCALE_ENV} must be between 0.001 and 100 (got {text})")
-    return value
-
-
 @dataclass(frozen=True)
 class Budgets:
     retry_wait: float = 15.0
@@ -75,7 +61,7 @@ class Budgets:
 
     @classmethod
     def from_options(cls, opts: Options) -> Budgets:
-        return cls(retry_wait=opts.retry_wait, scale=scale_from_env())
+        return cls(retry_wait=opts.retry_wait, scale=budget_scale(os.environ))
 
     def seconds(self, base: float) -> float:
         return base * self.scale

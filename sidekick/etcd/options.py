@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from sidekick.errors import UsageError
 from sidekick.etcd.layout import ARCHIVE_SUFFIX
+from sidekick.settings import number
 
 RETRY_WAIT_ENV = "SIDEKICK_RETRY_WAIT"
 SERVE_ADDRESS_ENV = "SIDEKICK_SERVE_ADDRESS"
@@ -110,16 +111,7 @@ class Options:
 
 
 def retry_wait_from_env() -> float:
-    text = os.environ.get(RETRY_WAIT_ENV, "").strip()
-    if not text:
-        return DEFAULT_RETRY_WAIT
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{RETRY_WAIT_ENV}={text!r} is not a number of seconds") from None
-    if not 0 <= value <= MAX_RETRY_WAIT:
-        raise UsageError(f"{RETRY_WAIT_ENV} must be between 0 and {MAX_RETRY_WAIT:g} seconds (got {text})")
-    return value
+    return number(os.environ, RETRY_WAIT_ENV, DEFAULT_RETRY_WAIT, low=0, high=MAX_RETRY_WAIT)
 
 
 def serve_port() -> int:

@@ -24,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import posixpath
@@ -302,6 +303,25 @@ class S3Config:
         return args
 
 
+@functools.cache
+def _session() -> Any:
+    """One boto3 session per process: it keeps the parsed S3 models, the costly part of a client."""
+    import boto3
+
+    return boto3.session.Session()
+
+
+def warm_up() -> None:
+    """Import boto3 and parse the S3 models ahead of need: ``save --once`` runs this on a thread
+    while etcd takes the snapshot, so a small snapshot's upload does not wait for it. A client
+    with placeholder keys and endpoint: nothing is sent, no credential chain is asked."""
+    try:
+        _session().client("s3", region_name=DEFAULT_REGION, endpoint_url="https://127.0.0.1",
+                          aws_access_key_id="warm-up", aws_secret_access_key="warm-up").close()
+    except Exception as err:  # the real client will say what is wrong
+        log.debug("S3 warm-up failed: %s", err)
+
+
 def describe_error(err: BaseException) -> str:
     """One line that says why, for the last stderr line RKE shows."""
     from botocore import exceptions as bex
@@ -367,7 +387,6 @@ class S3Store:
             events.register(f"after-call.s3.{operation}", self._upload_ended)
 
     def _make_client(self) -> S3Client:
-        import boto3
         from botocore.config import Config
 
         cfg = self.config
@@ -389,15 +408,14 @@ class S3Store:
                 kwargs["aws_session_token"] = cfg.session_token
         else:
             # boto3's chain: AWS_* env, web identity (IRSA: AWS_WEB_IDENTITY_TOKEN_FILE and
-            # AWS_ROLE_ARN), shared config, container and instance roles. A new session per
-            # store, i.e. per rolling tick, and botocore refreshes expiring ones within it.
+            # AWS_ROLE_ARN), shared config, container and instance roles; botocore refreshes
+            # the temporary ones (web identity, roles) before they expire, across rolling ticks.
             log.info("no S3 keys given: using boto3's credential chain (web identity, instance role, ...)")
         request = self.budgets.seconds(S3_REQUEST)
-        session = boto3.session.Session()
         extra: dict[str, Any] = {}
         if cfg.proxy:
             extra["proxies"] = {"http": cfg.proxy, "https": cfg.proxy}
-        return session.client(
+        return _session().client(
             "s3",
             endpoint_url=endpoint_url(cfg.endpoint),
             region_name=cfg.region or DEFAULT_REGION,

@@ -31,6 +31,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import catchup, crypto, layout, prune, retention
+from sidekick.etcd import catchup, crypto, layout, prune, retention, s3
 from sidekick.etcd.archive import ArchiveResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
@@ -331,6 +332,9 @@ class Saver:
     def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
+        warming = threading.Thread(target=s3.warm_up, name="s3-warm-up", daemon=True)
+        if self.opts.s3_backup:
+            warming.start()  # boto3 loads while etcdctl works
         try:
             snap = self.take_snapshot(name)
         except Stopped:
@@ -338,6 +342,7 @@ class Saver:
                           "no snapshot was written") from None
         self.seal(snap)
         if self.opts.s3_backup:
+            warming.join()
             try:
                 with self.s3() as store:
                     self.upload(store, snap)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
+from sidekick.deadline import Deadline
 from sidekick.errors import SidekickError
 from sidekick.log import kv
 
@@ -83,8 +85,8 @@ class Pair:
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        end = time.monotonic() + self.stop_timeout
-        while self.children and time.monotonic() < end:
+        deadline = Deadline(self.stop_timeout, what="stopping the other process")
+        while self.children and not deadline.expired():
             for pid in list(self.children):
                 self._reap(pid, os.WNOHANG)
             time.sleep(0.05)
@@ -103,6 +105,8 @@ class Pair:
         ready_timeout: float,
     ) -> int:
         """Start ``helper``, wait (bounded) until ``ready()``, start ``main``, supervise both."""
+        if not (math.isfinite(ready_timeout) and ready_timeout >= 0):  # inf would wait for ever
+            raise ValueError(f"ready_timeout must be a finite number of seconds, not {ready_timeout!r}")
         for signum in FORWARDED:
             self._previous[signum] = signal.signal(signum, self._forward)
         try:
@@ -123,7 +127,7 @@ class Pair:
 
     def _wait_ready(self, pid: int, name: str, ready: Callable[[], bool], timeout: float) -> int | None:
         """None once ready (or after the bound); the helper's exit code if it ended first."""
-        end = time.monotonic() + timeout
+        deadline = Deadline(timeout, what=f"{name} to be ready")
         while True:
             code = self._reap(pid, os.WNOHANG)
             if code is not None:
@@ -132,7 +136,7 @@ class Pair:
             if ready():
                 log.info("ready", extra=kv(process=name))
                 return None
-            if time.monotonic() >= end:
+            if deadline.expired():
                 log.warning("not ready in time, starting the next process anyway", extra=kv(process=name, waited=timeout))
                 return None
             time.sleep(0.05)

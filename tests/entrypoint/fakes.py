@@ -1,8 +1,11 @@
 """Small real HTTP servers speaking the shapes of services that cannot run here.
 
-EC2's instance metadata (IMDSv2 tokens), Azure's instance metadata, Azure AD's token
-endpoint and Resource Manager on loopback, and the Docker Engine API on a unix socket.
-Each records the requests it saw so tests can check what was sent.
+EC2's instance metadata (IMDSv2 tokens), Azure's instance metadata (with its managed
+identity token endpoint), Azure AD's token endpoint and Resource Manager on loopback, and the
+Docker Engine API on a unix socket. Each records the requests it saw so tests can check what
+was sent, and can misbehave on chosen paths (:class:`Misbehave`): send its answer one byte at
+a time, send a huge answer, or answer with an HTML page, as a broken metadata service or a
+proxy in its way does.
 """
 
 from __future__ import annotations
@@ -22,6 +25,28 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Misbehave:
+    """How the fake answers one path instead of its real answer.
+
+    ``drip``: the whole answer (status line, headers, body) one byte every ``drip`` seconds;
+    ``size``: a 200 answer of ``size`` bytes streamed in chunks, with a ``Content-Length``
+    unless ``declare_length`` is false (then the end is the connection's close); ``page``:
+    a 200 ``text/html`` answer with this body (a captive portal or proxy error page).
+    """
+
+    drip: float = 0.0
+    size: int = 0
+    declare_length: bool = True
+    page: bytes = b""
+
+
+HTML_PAGE = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 
 
 @dataclass
@@ -50,13 +75,54 @@ class _Handler(BaseHTTPRequestHandler):
         )  # fmt: skip
         app = self.server.app  # type: ignore[attr-defined]
         app.seen.append(seen)
-        status, payload = app.answer(seen)
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        fault = app.faults.get(seen.path)
+        if fault is not None and fault.size:
+            self._stream(fault)
+            return
+        if fault is not None and fault.page:
+            status, content_type, data = 200, "text/html", fault.page
+        else:
+            status, payload = app.answer(seen)
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            content_type = "text/plain" if isinstance(payload, bytes) else "application/json"
+        if fault is not None and fault.drip:
+            self._drip(status, content_type, data, fault.drip, app.stopped)
+            return
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain" if isinstance(payload, bytes) else "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _drip(self, status: int, content_type: str, data: bytes, every: float, stopped: threading.Event) -> None:
+        head = f"HTTP/1.1 {status} {self.responses[status][0]}\r\nContent-Type: {content_type}\r\n"
+        raw = f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data
+        self.close_connection = True
+        for i in range(len(raw)):
+            if stopped.wait(every):
+                return
+            try:
+                self.wfile.write(raw[i : i + 1])
+            except OSError:
+                return  # the client gave up: the point of the test
+
+    def _stream(self, fault: Misbehave) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if fault.declare_length:
+            self.send_header("Content-Length", str(fault.size))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        chunk, sent = b"x" * 65536, 0
+        try:
+            while sent < fault.size:
+                piece = chunk[: fault.size - sent]
+                self.wfile.write(piece)
+                sent += len(piece)
+        except OSError:
+            return
+        self.server.app.streamed.append(sent)  # type: ignore[attr-defined]
 
     do_GET = do_PUT = do_POST = _handle
 
@@ -64,6 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
 class App(ABC):
     def __init__(self) -> None:
         self.seen: list[Seen] = []
+        self.faults: dict[str, Misbehave] = {}  # path -> how to misbehave there
+        self.streamed: list[int] = []  # sizes of huge answers sent to the end
+        self.stopped = threading.Event()
 
     @abstractmethod
     def answer(self, req: Seen) -> tuple[int, bytes | dict[str, Any] | list[Any]]:
@@ -72,6 +141,7 @@ class App(ABC):
     @contextmanager
     def serve(self, *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
         """Serve on 127.0.0.1 (HTTPS as ``localhost`` with ``tls=(cert, key)``); yields the base URL."""
+        self.stopped.clear()
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.app = self  # type: ignore[attr-defined]
         base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -85,16 +155,19 @@ class App(ABC):
         try:
             yield base
         finally:
+            self.stopped.set()
             server.shutdown()
             server.server_close()
 
 
 class ConnectProxy:
-    """An HTTP proxy that only tunnels (``CONNECT host:port``), as HTTPS clients use one."""
+    """An HTTP proxy that only tunnels (``CONNECT host:port``), as HTTPS clients use one;
+    with ``drip``, its answer to ``CONNECT`` comes one byte every ``drip`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, drip: float = 0.0) -> None:
         self.tunnels: list[str] = []
         self.auth: list[str] = []
+        self.drip = drip
 
     @contextmanager
     def serve(self) -> Iterator[str]:
@@ -129,7 +202,17 @@ class ConnectProxy:
             self.tunnels.append(target)
             host, port = target.rsplit(":", 1)
             upstream = socket.create_connection(("127.0.0.1" if host == "localhost" else host, int(port)))
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+            if self.drip:
+                for i in range(len(established)):
+                    if stop.wait(self.drip):
+                        break
+                    with contextlib.suppress(OSError):
+                        client.sendall(established[i : i + 1])
+                client.close()
+                upstream.close()
+                return
+            client.sendall(established)
             threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
             pump(client, upstream)
 
@@ -207,12 +290,23 @@ class AzureWorld:
     secret: str = CLIENT_SECRET
     extra_instances: int = 0  # more instances before ours, paged two per page
     overrides: dict[str, Any] = field(default_factory=dict)
+    system_identity: bool = False  # the VM has a system-assigned managed identity
+    user_identities: tuple[UserIdentity, ...] = ()  # user-assigned identities attached to the VM
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    client_id: str
+    resource_id: str
 
 
 class Azure(App):
-    """Azure IMDS + Azure AD v1 token endpoint + Resource Manager in one server."""
+    """Azure IMDS (instance metadata and managed identity tokens) + Azure AD v1 token
+    endpoint + Resource Manager in one server."""
 
     TOKEN = "eyJ0eXAiOiJKV1QiFakeArmAccessToken.payload.sig"
+    IDENTITY_TOKEN = "eyJ0eXAiOiJKV1QiFakeManagedIdentityToken.payload.sig"
+    IDENTITY_API = "2018-02-01"
 
     def __init__(self, world: AzureWorld | None = None) -> None:
         super().__init__()
@@ -224,6 +318,43 @@ class Azure(App):
         with super().serve(tls=tls) as base:
             self.base = base
             yield base
+
+    def _identity_token(self, req: Seen) -> tuple[int, dict[str, Any]]:
+        """IMDS's token endpoint: the system identity, or the user-assigned one named by
+        ``client_id`` or ``msi_res_id`` (the only one, when the VM has just one and no system
+        identity); a token only for the world's Resource Manager."""
+        w = self.world
+
+        def refused(description: str) -> tuple[int, dict[str, Any]]:
+            return 400, {"error": "invalid_request", "error_description": description}
+
+        if req.method != "GET" or req.headers.get("metadata") != "true":
+            return refused("Required metadata header not specified")
+        if req.query.get("api-version") != self.IDENTITY_API:
+            return refused("Invalid api-version")
+        if req.query.get("resource") != w.resource:
+            return 400, {"error": "invalid_resource", "error_description": "AADSTS500011: resource principal not found"}
+        client_id, resource_id = req.query.get("client_id"), req.query.get("msi_res_id")
+        if client_id or resource_id:
+            found = [u for u in w.user_identities
+                     if u.client_id == client_id or (resource_id or "").lower() == u.resource_id.lower()]  # fmt: skip
+            if not found:
+                return refused("Identity not found")
+            chosen = found[0].client_id
+        elif w.system_identity:
+            chosen = "system-" + w.vm_name
+        elif len(w.user_identities) == 1:
+            chosen = w.user_identities[0].client_id
+        elif w.user_identities:
+            return refused("Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request")
+        else:
+            return refused("Identity not found")
+        now = int(time.time())
+        return 200, {
+            "access_token": self.IDENTITY_TOKEN, "client_id": chosen, "expires_in": "86399",
+            "expires_on": str(now + 86399), "ext_expires_in": "86399", "not_before": str(now),
+            "resource": w.resource, "token_type": "Bearer",
+        }  # fmt: skip
 
     def _nic(self, nic_id: str) -> dict[str, Any]:
         w = self.world
@@ -256,6 +387,8 @@ class Azure(App):
                 **w.overrides,
             }  # fmt: skip
             return 200, compute
+        if req.path == "/metadata/identity/oauth2/token":
+            return self._identity_token(req)
         if req.path == f"/{TENANT}/oauth2/token" and req.method == "POST":
             form = dict(urllib.parse.parse_qsl(req.body.decode()))
             if form.get("grant_type") != "client_credentials" or form.get("resource") != w.resource:
@@ -263,7 +396,7 @@ class Azure(App):
             if form.get("client_id") != CLIENT_ID or form.get("client_secret") != w.secret:
                 return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}
             return 200, {"token_type": "Bearer", "expires_in": "3599", "resource": w.resource, "access_token": self.TOKEN}
-        if req.headers.get("authorization") != f"Bearer {self.TOKEN}":
+        if req.headers.get("authorization") not in (f"Bearer {self.TOKEN}", f"Bearer {self.IDENTITY_TOKEN}"):
             return 401, {"error": {"code": "AuthenticationFailed"}}
         if not req.query.get("api-version"):
             return 400, {"error": {"code": "MissingApiVersionParameter"}}

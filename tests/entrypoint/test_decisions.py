@@ -339,8 +339,56 @@ def test_cri_dockerd_without_endpoint_uses_its_default_socket() -> None:
 
 def test_ready_timeout_env_override() -> None:
     assert kubelet.ready_timeout({}) == kubelet.CRI_DOCKERD_READY_TIMEOUT
+    assert kubelet.ready_timeout({kubelet.CRI_DOCKERD_READY_ENV: " "}) == kubelet.CRI_DOCKERD_READY_TIMEOUT
     assert kubelet.ready_timeout({kubelet.CRI_DOCKERD_READY_ENV: "2.5"}) == 2.5
-    assert kubelet.ready_timeout({kubelet.CRI_DOCKERD_READY_ENV: "soon"}) == kubelet.CRI_DOCKERD_READY_TIMEOUT
+    assert kubelet.ready_timeout({kubelet.CRI_DOCKERD_READY_ENV: "0"}) == 0
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "NaN", "Infinity", "-1", "3601", "1e309", "soon", "10s"])
+def test_ready_timeout_that_is_no_bound_is_refused(value: str) -> None:
+    from sidekick.errors import UsageError
+
+    with pytest.raises(UsageError, match=kubelet.CRI_DOCKERD_READY_ENV) as refused:
+        kubelet.ready_timeout({kubelet.CRI_DOCKERD_READY_ENV: value})
+    assert repr(value) in str(refused.value)
+    assert refused.value.exit_code == 2
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-2", "101", "x"])
+def test_budget_scale_that_is_no_bound_is_refused(value: str) -> None:
+    from sidekick.errors import UsageError
+    from sidekick.settings import SCALE_ENV, budget_scale
+
+    with pytest.raises(UsageError, match=SCALE_ENV):
+        budget_scale({SCALE_ENV: value})
+    assert budget_scale({}) == 1.0 and budget_scale({SCALE_ENV: "0.25"}) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("answer", "name"),
+    [
+        ("ip-10-0-0-7.eu-west-1.compute.internal", "ip-10-0-0-7.eu-west-1.compute.internal"),
+        ("ip-10-0-0-7.ec2.internal example.com\n", "ip-10-0-0-7.ec2.internal"),  # several domains: the first
+        ("Node-1", "Node-1"),  # RFC 1123 names are case-insensitive; kubelet lowercases
+        ("a" * 63 + ".b", "a" * 63 + ".b"),
+        ("1node.example", "1node.example"),  # RFC 1123 lets a label start with a digit
+        ("<html>\r\n<head><title>502 Bad Gateway</title></head>", None),
+        ("502 Bad Gateway", None),  # an all-digit last label is no host name
+        ("10.0.0.7", None),
+        ("", None),
+        ("-node.example", None),
+        ("node-.example", None),
+        ("node..example", None),
+        ("node.example.", None),
+        ("a" * 64 + ".b", None),
+        (".".join(["abcdefg"] * 32), None),  # 255 characters
+        ("nœud.example", None),
+        ("node_1.example", None),
+        ("ip-10-0-0-7.ec2.internal {\"error\": 1}", None),  # a good first name does not excuse the rest
+    ],
+)
+def test_ec2_host_name_is_rfc_1123_or_not_used(answer: str, name: str | None) -> None:
+    assert entrypoint.host_name(answer) == name
 
 
 # --- the whole plan ----------------------------------------------------------------------

@@ -13,9 +13,10 @@ import pytest
 
 from sidekick import cloud_provider
 from sidekick.cloud_provider import CLOUDS, AzureArm, AzureCloud
+from sidekick.deadline import Deadline
 from sidekick.errors import SidekickError
 from sidekick.host.docker import DockerEngine
-from sidekick.host.metadata import AzureMetadata, Ec2Metadata
+from sidekick.host.metadata import AzureMetadata, Ec2Metadata, MetadataError
 from tests.entrypoint.fakes import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -26,6 +27,7 @@ from tests.entrypoint.fakes import (
     ConnectProxy,
     DockerApi,
     Ec2Imds,
+    UserIdentity,
 )
 
 
@@ -50,16 +52,17 @@ def test_imds_without_token_api_falls_back_to_v1() -> None:
 
 def test_imds_switched_off_gives_no_name_and_no_second_request() -> None:
     imds = Ec2Imds(mode="off")
-    with imds.serve() as base:
-        assert Ec2Metadata(base).hostname() is None
+    with imds.serve() as base, pytest.raises(MetadataError, match="IMDSv2 token request answered 403"):
+        Ec2Metadata(base).hostname()
     assert [s.method for s in imds.seen] == ["PUT"]
 
 
 def test_imds_that_hangs_is_abandoned_within_the_budget() -> None:
-    imds = Ec2Imds(mode="slow")
+    imds = Ec2Imds(mode="slow")  # 3 s before each answer
     with imds.serve() as base:
         start = time.monotonic()
-        assert Ec2Metadata(base, request_timeout=0.3, total=0.5).hostname() is None
+        with pytest.raises(MetadataError, match=r"PUT .*/latest/api/token: no complete answer within 0.4s"):
+            Ec2Metadata(base, scale=0.2).hostname()  # 0.4 s per request, 0.8 s in all
         assert time.monotonic() - start < 1.5
 
 
@@ -67,7 +70,8 @@ def test_no_imds_at_all_is_quick() -> None:
     from tests.harness.ports import free_port
 
     start = time.monotonic()
-    assert Ec2Metadata(f"http://127.0.0.1:{free_port()}").hostname() is None
+    with pytest.raises(MetadataError, match="Connection refused"):
+        Ec2Metadata(f"http://127.0.0.1:{free_port()}").hostname()
     assert time.monotonic() - start < 1.0
 
 
@@ -204,6 +208,125 @@ def test_missing_values_keep_the_passed_config(
     assert CLIENT_SECRET not in caplog.text and "other-secret-value" not in caplog.text
 
 
+# --- Azure managed identity (rancher/rke#2413) ----------------------------------------------
+IDENTITY_CONFIG = {**BASE_CONFIG, "aadClientId": "", "aadClientSecret": "", "useManagedIdentityExtension": True}
+USER_IDENTITY = UserIdentity(
+    client_id="5e1f0c9a-0000-4000-8000-000000000004",
+    resource_id=f"/subscriptions/{SUB}/resourceGroups/rke-ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/rke-nodes",
+)
+
+
+def test_system_assigned_identity_reads_resource_manager(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = Azure(AzureWorld(system_identity=True))
+    path = write_config(tmp_path, IDENTITY_CONFIG)
+    with caplog.at_level(logging.DEBUG, logger="sidekick"):
+        assert complete_against(fake, path)
+    config = json.loads(path.read_text())
+    assert (config["vnetName"], config["subnetName"], config["securityGroupName"]) == ("rke-vnet", "nodes", "rke-nsg")
+    assert config["useManagedIdentityExtension"] is True and config["aadClientSecret"] == ""
+    imds_req, token_req, vm_req, nic_req = fake.seen
+    assert imds_req.path == "/metadata/instance/compute"
+    assert (token_req.method, token_req.path) == ("GET", "/metadata/identity/oauth2/token")
+    assert token_req.headers["metadata"] == "true"
+    assert token_req.query == {"api-version": "2018-02-01", "resource": "https://management.azure.com/"}
+    assert vm_req.headers["authorization"] == nic_req.headers["authorization"] == f"Bearer {Azure.IDENTITY_TOKEN}"
+    assert Azure.IDENTITY_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("named", "param"),
+    [
+        (USER_IDENTITY.client_id, "client_id"),
+        (USER_IDENTITY.resource_id, "msi_res_id"),
+        (USER_IDENTITY.resource_id.upper(), "msi_res_id"),
+    ],
+    ids=["client-id", "resource-id", "resource-id-upper-case"],
+)
+def test_user_assigned_identity_is_asked_for_by_what_the_config_names(tmp_path: Path, named: str, param: str) -> None:
+    """cloud-provider-azure reads ``userAssignedIdentityID`` as a resource ID when it holds
+    ``/subscriptions/`` (any case), else as a client ID; the VM here has two identities."""
+    other = UserIdentity("0a0a0a0a-0000-4000-8000-000000000005", "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z")
+    fake = Azure(AzureWorld(system_identity=True, user_identities=(other, USER_IDENTITY)))
+    path = write_config(tmp_path, {**IDENTITY_CONFIG, "userAssignedIdentityID": named})
+    assert complete_against(fake, path)
+    token_req = fake.seen[1]
+    assert token_req.query[param] == named
+    other_param = "msi_res_id" if param == "client_id" else "client_id"
+    assert other_param not in token_req.query
+
+
+@pytest.mark.parametrize(
+    ("world", "config_changes", "reason"),
+    [
+        (AzureWorld(), {}, "Identity not found"),  # no identity on the VM
+        (AzureWorld(user_identities=(USER_IDENTITY,)), {"userAssignedIdentityID": "not-this-one"}, "Identity not found"),
+        (AzureWorld(user_identities=(USER_IDENTITY, UserIdentity("b", "/subscriptions/b"))), {}, "Multiple user assigned"),
+        (AzureWorld(system_identity=True, resource="https://management.usgovcloudapi.net/"), {}, "invalid_resource"),
+        (AzureWorld(system_identity=True), {"useManagedIdentityExtension": False}, "(or useManagedIdentityExtension)"),
+        (AzureWorld(system_identity=True), {"useManagedIdentityExtension": "true"}, "(or useManagedIdentityExtension)"),
+    ],
+    ids=["no-identity", "unknown-user-identity", "ambiguous", "wrong-cloud", "off", "string-true"],
+)
+def test_identity_that_gives_no_token_keeps_the_passed_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, world: AzureWorld, config_changes: dict[str, object], reason: str
+) -> None:
+    fake = Azure(world)
+    path = write_config(tmp_path, {**IDENTITY_CONFIG, **config_changes})
+    before = path.read_bytes()
+    with caplog.at_level(logging.INFO, logger="sidekick"):
+        assert not complete_against(fake, path)
+    assert path.read_bytes() == before
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert reason in warning.fields["reason"]  # type: ignore[attr-defined]
+    assert not [r for r in fake.seen if r.path.startswith("/subscriptions/")]  # no Resource Manager read
+
+
+def test_client_secret_stays_first_when_both_are_given(tmp_path: Path) -> None:
+    """A config that works today (service principal) keeps working the same way."""
+    fake = Azure(AzureWorld(system_identity=True))
+    path = write_config(tmp_path, {**BASE_CONFIG, "useManagedIdentityExtension": True})
+    assert complete_against(fake, path)
+    assert [r.path for r in fake.seen][:2] == ["/metadata/instance/compute", f"/{TENANT}/oauth2/token"]
+    assert not [r for r in fake.seen if r.path == "/metadata/identity/oauth2/token"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "odd"),
+    [
+        ({"location": "<html><body>"}, "location"),
+        ({"resourceGroupName": "group/../../other"}, "resourceGroup"),
+        ({"subscriptionId": "not-a-guid"}, "subscriptionId"),
+    ],
+)
+def test_values_azure_would_not_issue_are_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, overrides: dict[str, object], odd: str
+) -> None:
+    fake = Azure(AzureWorld(overrides=overrides))
+    given = {**BASE_CONFIG, "subscriptionId": "", "vnetResourceGroup": "g", "vnetName": "v", "subnetName": "s", "securityGroupName": "n"}
+    path = write_config(tmp_path, given)
+    before = path.read_bytes()
+    with caplog.at_level(logging.INFO, logger="sidekick"):
+        assert not complete_against(fake, path)
+    assert path.read_bytes() == before
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert odd in warning.fields["missing"] and f"values Azure would not issue: {odd}" in warning.fields["reason"]  # type: ignore[attr-defined]
+
+
+def test_plausible_azure_names() -> None:
+    good = {"subscriptionId": SUB, "location": "westeurope", "resourceGroup": "rke_nodes-(prod).eu",
+            "vnetResourceGroup": "Ünïcode-group", "vnetName": "rke.vnet-1", "subnetName": "a", "securityGroupName": "n_s-g.1"}  # fmt: skip
+    assert cloud_provider.implausible(good) == []
+    bad = {"resourceGroup": "trailing.", "vnetName": "a/b", "location": "west europe", "subnetName": "x" * 81}
+    assert sorted(cloud_provider.implausible(bad)) == ["location", "resourceGroup", "subnetName", "vnetName"]
+
+
+def test_login_method() -> None:
+    assert cloud_provider.login_method(BASE_CONFIG) == "secret"
+    assert cloud_provider.login_method(IDENTITY_CONFIG) == "identity"
+    assert cloud_provider.login_method({**BASE_CONFIG, "useManagedIdentityExtension": True}) == "secret"
+    assert cloud_provider.login_method({**IDENTITY_CONFIG, "useManagedIdentityExtension": None}) == ""
+
+
 @pytest.fixture(scope="module")
 def azure_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     from tests.harness.pki import CertificateAuthority
@@ -245,6 +368,40 @@ def test_azure_ad_and_arm_over_https_through_the_proxy(
         from sidekick.log import redact
 
         assert redact("via pr0xy-pass") == "via REDACTED"
+
+
+def test_proxy_that_drips_its_connect_answer_is_cut_off_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, azure_tls: tuple[Path, Path, Path]
+) -> None:
+    """The proxy's answer to CONNECT is read through the same deadline as the answer proper."""
+    cert, key, ca = azure_tls
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    proxy = ConnectProxy(drip=0.5)
+    with Azure().serve(tls=(cert, key)) as tls_base, proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+        arm = AzureArm(login_url=tls_base, arm_url=tls_base, resource="https://management.azure.com/", scale=0.1)
+        start = time.monotonic()
+        with pytest.raises(MetadataError, match=r"POST localhost:\d+/.*/oauth2/token: no complete answer within 1s"):
+            arm.login(tenant=TENANT, client_id=CLIENT_ID, secret=CLIENT_SECRET, lookup=Deadline(6, what="the test"))
+        assert time.monotonic() - start < 3
+    assert len(proxy.tunnels) == 1
+
+
+def test_tls_peer_that_never_finishes_the_handshake_is_cut_off_at_the_deadline() -> None:
+    from tests.harness.faults import BlackHole
+
+    hole = BlackHole()
+    try:
+        arm = AzureArm(login_url=f"https://{hole.endpoint}", arm_url=f"https://{hole.endpoint}",
+                       resource="https://management.azure.com/", scale=0.1)  # fmt: skip
+        start = time.monotonic()
+        with pytest.raises(MetadataError, match=r"no complete answer within 1s"):
+            arm.login(tenant=TENANT, client_id=CLIENT_ID, secret=CLIENT_SECRET, lookup=Deadline(6, what="the test"))
+        assert time.monotonic() - start < 3
+    finally:
+        hole.close()
 
 
 def test_unreadable_or_non_object_config_is_an_error(tmp_path: Path) -> None:

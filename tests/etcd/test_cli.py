@@ -225,11 +225,12 @@ def test_bounds_are_checked_before_any_work(called: list[tuple[str, Options]], a
 
 
 @pytest.mark.parametrize("variable,value,message", [
-    ("SIDEKICK_RETRY_WAIT", "1e9", "between 0 and 300 seconds"),
-    ("SIDEKICK_RETRY_WAIT", "-1", "between 0 and 300 seconds"),
+    ("SIDEKICK_RETRY_WAIT", "1e9", "from 0 to 300"),
+    ("SIDEKICK_RETRY_WAIT", "-1", "from 0 to 300"),
+    ("SIDEKICK_RETRY_WAIT", "inf", "from 0 to 300"),
     ("SIDEKICK_RETRY_WAIT", "soon", "not a number"),
-    ("SIDEKICK_BUDGET_SCALE", "0", "between 0.001 and 100"),
-    ("SIDEKICK_BUDGET_SCALE", "nan", "between 0.001 and 100"),
+    ("SIDEKICK_BUDGET_SCALE", "0", "from 0.001 to 100"),
+    ("SIDEKICK_BUDGET_SCALE", "nan", "from 0.001 to 100"),
 ])
 def test_time_settings_are_bounded(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
     from sidekick.etcd.budgets import Budgets

@@ -239,3 +239,48 @@ def test_stop_during_upload_aborts_it(tmp_path: Path, s3_http: S3Server) -> None
     client = s3_http.client()
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+# --- S3 catch-up ------------------------------------------------------------------------------
+def test_catch_up_after_an_s3_outage_then_nothing_more(root: Path, etcd_server: EtcdServer, s3_http: S3Server) -> None:
+    import hashlib
+    import threading
+
+    from tests.harness.faults import Fault, FaultyHttp
+
+    bucket = s3_http.new_bucket()
+    down = threading.Event()
+    down.set()
+    proxy = FaultyHttp(s3_http.port, lambda method, path: Fault(status=503) if down.is_set() else None)
+    lines: list[str] = []
+    proc = start_rolling(root, etcd_server.endpoint, "--retention=1h", "--s3-catch-up=10",
+                         *rke_s3_flags(proxy.endpoint, bucket),
+                         env={**rke_s3_env(ACCESS_KEY, SECRET_KEY), "SIDEKICK_BUDGET_SCALE": "0.02"})
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+
+    def ends_of_ticks() -> int:
+        return sum("S3 snapshots" in line for line in list(lines))  # "no expired"/"deleted expired"
+
+    try:
+        wait_for(lambda: len(rolling_zips(root)) >= 3, timeout=90, what="three snapshots while S3 is down")
+        assert ends_of_ticks() == 0 and "failed to upload etcd snapshot file" in "".join(lines)
+        down.clear()  # S3 is back
+        wait_for(lambda: ends_of_ticks() >= 1, timeout=60, what="a tick with S3 back")
+        local = rolling_zips(root)
+        stored = {o["Key"] for o in s3_http.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+        assert set(local) <= stored  # every snapshot of the outage caught up, in one tick
+        for name in local:
+            head = s3_http.client().head_object(Bucket=bucket, Key=name)
+            assert head["Metadata"]["archive-sha256"] == hashlib.sha256((root / "backup" / name).read_bytes()).hexdigest()
+        before = dict(proxy.requests)
+        wait_for(lambda: ends_of_ticks() >= 2, timeout=60, what="the following tick")
+        after = dict(proxy.requests)
+    finally:
+        code, _ = stop(proc)
+        proxy.close()
+    assert code == 0
+    # The following tick: its own snapshot only (HeadBucket, HeadObject, one PUT), and listings.
+    assert after.get("PUT", 0) - before.get("PUT", 0) == 1, (before, after)
+    assert after.get("HEAD", 0) - before.get("HEAD", 0) == 2, (before, after)
+    assert "caught up" in "".join(lines)

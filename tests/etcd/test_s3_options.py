@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sidekick.errors import UsageError
+from sidekick.etcd import s3 as s3_module
 from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.options import Options
 from sidekick.etcd.s3 import S3Config, S3Error, S3Store, addressing_style
@@ -280,8 +281,8 @@ def test_insecure_skip_verify_warns_every_time(s3_https: S3Server, caplog: pytes
 @pytest.mark.integration
 def test_web_identity_through_boto3s_chain(tmp_path: Path, s3_http: S3Server, recorder: FaultyHttp,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """No keys given: boto3 exchanges the IRSA token at STS (moto's) for temporary keys, a new
-    exchange for each store, i.e. each rolling tick."""
+    """No keys given: boto3 exchanges the IRSA token at STS (moto's) for temporary keys
+    (botocore refreshes them before they expire, across rolling ticks)."""
     token = tmp_path / "token"
     token.write_text("eyJhbGciOiJSUzI1NiJ9.irsa-token.signature")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -293,9 +294,13 @@ def test_web_identity_through_boto3s_chain(tmp_path: Path, s3_http: S3Server, re
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     bucket = s3_http.new_bucket()
-    for _ in range(2):
-        with store(recorder.endpoint, bucket, s3_access_key="", s3_secret_key="") as s:
-            s.check_bucket()
+    s3_module._session.cache_clear()  # the process's session resolves the chain once: here, afresh
+    try:
+        for _ in range(2):
+            with store(recorder.endpoint, bucket, s3_access_key="", s3_secret_key="") as s:
+                s.check_bucket()
+    finally:
+        s3_module._session.cache_clear()  # no test after this one inherits the web identity
     heads = sent(recorder, "HEAD")
     keys = [re.search(r"Credential=([A-Z0-9]+)/", h.headers["authorization"]).group(1) for h in heads]  # type: ignore[union-attr]
     assert len(heads) == 2 and all(k.startswith("ASIA") for k in keys)
