@@ -107,6 +107,50 @@ def rolling_retention(ctx: Context) -> str:
             f"locally: {gone_local}; SIGTERM -> exit {proc.returncode}; bucket now holds {len(keys)} objects")
 
 
+def save_encrypted_and_restore(ctx: Context) -> str:
+    """``save --once`` with an age recipient: the object is not a zip; ``download`` on another
+    node with the identity gets RKE's /backup/<name>.zip and /backup/<name> back."""
+    import hashlib
+    import io
+    import zipfile
+
+    etcd = ctx.values["etcd"]
+    s3, bucket, flags, env = _s3(ctx)
+    key_file = ctx.root / "etc/sidekick/age.key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
+    public = next(line.split(": ")[1] for line in key_file.read_text().splitlines() if "public key" in line)
+    name = "encrypted_snapshot_" + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    saved = subprocess.run([_tool(ctx), *_certs(etcd, name), "--once", *flags], capture_output=True, text=True,
+                           env={**os.environ, "SIDEKICK_ROOT": str(ctx.root), "SIDEKICK_AGE_RECIPIENTS": public, **env},
+                           check=False)
+    if saved.returncode != 0:
+        raise RuntimeError(saved.stderr.strip().splitlines()[-1])
+    key = f"demo/{name}.zip.age"
+    obj = s3.client().get_object(Bucket=bucket, Key=key)
+    body = obj["Body"].read()
+    if zipfile.is_zipfile(io.BytesIO(body)):
+        raise RuntimeError(f"{key} is a readable zip")
+    other = ctx.workdir / "node2"
+    (other / "backup").mkdir(parents=True, exist_ok=True)
+    (other / "etc/sidekick").mkdir(parents=True, exist_ok=True)
+    (other / "etc/sidekick/age.key").write_bytes(key_file.read_bytes())
+    restored = subprocess.run([_tool(ctx), "etcd-backup", "download", "--name", name, *flags], capture_output=True,
+                              text=True, check=False,
+                              env={**os.environ, "SIDEKICK_ROOT": str(other),
+                                   "SIDEKICK_AGE_IDENTITY_FILE": "/etc/sidekick/age.key", **env})
+    if restored.returncode != 0:
+        raise RuntimeError(restored.stderr.strip().splitlines()[-1])
+    local = (ctx.root / f"backup/{name}.zip").read_bytes()
+    same = (other / f"backup/{name}.zip").read_bytes() == local
+    by_age = subprocess.run(["age", "-d", "-i", str(key_file)], input=body, capture_output=True, check=True).stdout
+    return (f"s3://{bucket}/{key}: starts {body[:21].decode(errors='replace')!r}, not a zip, "
+            f"sidekick-encryption={obj['Metadata'].get('sidekick-encryption')}; download with the identity on "
+            f"node2 -> /backup/{name}.zip identical: {same}, /backup/{name} "
+            f"{(other / 'backup' / name).stat().st_size // 1024} KiB; age -d agrees: "
+            f"{hashlib.sha256(by_age).hexdigest() == hashlib.sha256(local).hexdigest()}")
+
+
 def prune_dry_run(ctx: Context) -> str:
     """A keep-daily policy over two weeks of 6-hourly snapshots: what prune would delete, and why."""
     import datetime as dt

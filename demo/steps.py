@@ -13,7 +13,13 @@ from typing import Any
 from demo.entrypoint import aws_hostname, scheduler_passthrough
 from demo.etcd_drill import local_restore_drill, s3_restore_drill
 from demo.etcd_restore import extract_state_file, large_transfer, serve_and_download
-from demo.etcd_save import prune_dry_run, rolling_metrics, rolling_retention, save_once_to_s3
+from demo.etcd_save import (
+    prune_dry_run,
+    rolling_metrics,
+    rolling_retention,
+    save_encrypted_and_restore,
+    save_once_to_s3,
+)
 from demo.etcd_verify import list_table, verify_corrupted, verify_good
 from demo.node_tools import cert_deployer_bundle, nginx_proxy_failover
 from tests.harness.etcd import EtcdServer
@@ -74,6 +80,7 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("start S3 (HTTPS, own CA)", start_s3),
     ("sidekick install --prefix", install_layout),
     ("etcd snapshot --once to S3 (HTTPS)", save_once_to_s3),
+    ("etcd snapshot age-encrypted + restore", save_encrypted_and_restore),
     ("etcd rolling tick: S3 retention", rolling_retention),
     ("etcd prune --dry-run: keep-daily policy", prune_dry_run),
     ("etcd rolling ticks: /metrics, /healthz", rolling_metrics),

@@ -16,11 +16,18 @@ import logging
 import os
 from pathlib import Path
 
-from sidekick.etcd import layout, retention
+from sidekick.etcd import crypto, layout, retention
 from sidekick.etcd.archive import file_sha256, manifest_digests, read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.prune import local_files
-from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Store
+from sidekick.etcd.s3 import (
+    AGE_CONTENT_TYPE,
+    ARCHIVE_SHA_META,
+    ENCRYPTION_META,
+    SNAPSHOT_SHA_META,
+    S3Store,
+)
+from sidekick.host.files import temp_path
 from sidekick.log import kv
 
 log = logging.getLogger(__name__)
@@ -42,21 +49,36 @@ def remember(path: Path, key: str, sha256: str) -> None:
         os.setxattr(path, XATTR, json.dumps(body, sort_keys=True).encode())
 
 
-def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "") -> int:
+def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "",
+             age: crypto.AgeSettings | None = None) -> int:
     """Upload up to ``limit`` local rolling archives the bucket lacks or holds different,
-    oldest first (``skip``: the archive this run uploaded itself); return how many went."""
+    oldest first (``skip``: the archive this run uploaded itself); return how many went.
+
+    With age recipients a plain local archive belongs in the bucket as ``<name>.zip.age``,
+    whose ``archive-sha256`` metadata is the plaintext's (its size says nothing); a local
+    ``<name>.zip.age`` (``--age-encrypt-local``) goes up as it is, the same bytes.
+    """
+    age = age or crypto.AgeSettings()
     folder = store.config.folder
     listed = {o.key: o.size for o in store.list_objects(f"{folder}/" if folder else "", recursive=False)}
     local = sorted((s for s in retention.local_rolling(local_files(directory))
-                    if s.successful and s.name.endswith(layout.ARCHIVE_SUFFIX) and s.name != skip),
+                    if s.successful and s.name != skip
+                    and (s.name.endswith(layout.ARCHIVE_SUFFIX) or crypto.is_encrypted_archive(s.name))),
                    key=lambda s: (s.time, s.name))
     uploaded = 0
     for snapshot in local:
-        path, key = directory / snapshot.name, store.config.key(snapshot.name)
-        if key in listed and listed[key] == snapshot.size and _confirmed(path, key):
+        sealed = crypto.is_encrypted_archive(snapshot.name)
+        encrypt = age.encrypts and not sealed
+        path = directory / snapshot.name
+        key = store.config.key(crypto.encrypted_name(snapshot.name) if encrypt else snapshot.name)
+        same_size = key in listed and (encrypt or listed[key] == snapshot.size)
+        if same_size and _confirmed(path, key):
             continue
-        sha = file_sha256(path)
-        if key in listed and listed[key] == snapshot.size:
+        sha = "" if sealed else file_sha256(path)  # a sealed file's plaintext is not read here
+        if same_size and sealed:
+            remember(path, key, sha)
+            continue
+        if same_size:
             _, metadata = store.head_metadata(key)
             if metadata.get(ARCHIVE_SHA_META, "").lower() == sha:
                 remember(path, key, sha)
@@ -64,14 +86,27 @@ def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "") -> 
         if uploaded >= limit:
             log.info("more local snapshots are missing from S3: the next run continues", extra=kv(limit=limit))
             break
-        document = read_manifest_document(path)
-        manifest = manifest_digests(document)
-        # The facts save recorded travel as metadata, as with a tick's own upload.
-        metadata = {**SnapshotFacts.from_manifest(document.get("snapshot")).to_metadata(), ARCHIVE_SHA_META: sha}
-        snapshot_sha = manifest.get(layout.snapshot_entry(snapshot.name[: -len(layout.ARCHIVE_SUFFIX)]))
-        if snapshot_sha:
-            metadata[SNAPSHOT_SHA_META] = snapshot_sha
-        store.upload_file(path, key, metadata=metadata)
+        metadata = {ENCRYPTION_META: crypto.AGE} if sealed or encrypt else {}
+        if not sealed:
+            document = read_manifest_document(path)
+            # The facts save recorded travel as metadata, as with a tick's own upload.
+            metadata.update(SnapshotFacts.from_manifest(document.get("snapshot")).to_metadata())
+            metadata[ARCHIVE_SHA_META] = sha
+            stem = snapshot.name[: -len(layout.ARCHIVE_SUFFIX)]
+            snapshot_sha = manifest_digests(document).get(layout.snapshot_entry(stem))
+            if snapshot_sha:
+                metadata[SNAPSHOT_SHA_META] = snapshot_sha
+        if sealed:
+            store.upload_file(path, key, metadata=metadata, content_type=AGE_CONTENT_TYPE)
+        elif encrypt:
+            temp = temp_path(path.with_name(crypto.encrypted_name(path.name)))
+            try:
+                crypto.encrypt_file(path, temp, age.recipients, stop=store.stop)
+                store.upload_file(temp, key, metadata=metadata, content_type=AGE_CONTENT_TYPE)
+            finally:
+                temp.unlink(missing_ok=True)
+        else:
+            store.upload_file(path, key, metadata=metadata)
         remember(path, key, sha)
         uploaded += 1
         log.info("caught up: uploaded a snapshot S3 lacked", extra=kv(key=key, size=snapshot.size,

@@ -15,6 +15,7 @@ import logging
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import layout
 from sidekick.etcd.budgets import Budgets
+from sidekick.etcd.crypto import AGE_SUFFIX
 from sidekick.etcd.options import Options
 from sidekick.etcd.retention import s3_snapshot_keys
 from sidekick.etcd.s3 import S3Config, S3Error, S3Store
@@ -44,14 +45,16 @@ def run_delete(opts: Options) -> int:
     if not name:
         raise UsageError("snapshot name is required")
     compressed, uncompressed = layout.archive_entry(name), layout.snapshot_entry(name)
+    sealed = compressed + AGE_SUFFIX  # the archive age-encrypted (--age-encrypt-local)
     if opts.cleanup:
-        if host_path(compressed).is_file():
+        if host_path(compressed).is_file() or host_path(sealed).is_file():
             _remove(uncompressed)
         else:
             log.info("no local archive: keeping the uncompressed snapshot; --cleanup never deletes S3 objects",
                      extra=kv(name=name))
         return 0
     _remove(compressed)
+    _remove(sealed)
     _remove(uncompressed)
     if not opts.s3_backup:
         return 0

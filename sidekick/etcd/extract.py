@@ -312,9 +312,10 @@ def extract_snapshot(name: str, zip_path: Path, *, stop: StopRequest) -> Snapsho
         return SnapshotFile(dest, archive.extract(info, dest, stop=stop), "extracted")
 
 
-def extract_state_file(name: str) -> Path:
-    """Write the archive's ``/etc/kubernetes/<name>.rkestate`` to ``/tmp/cluster.rkestate``."""
-    zip_path = layout.archive_path(name)
+def extract_state_file(name: str, zip_path: Path | None = None) -> Path:
+    """Write the archive's ``/etc/kubernetes/<name>.rkestate`` to ``/tmp/cluster.rkestate``
+    (``zip_path``: a decrypted copy of ``/backup/<name>.zip.age`` in place of the zip)."""
+    zip_path = zip_path or layout.archive_path(name)
     archive_name, entry = layout.archive_entry(name), layout.state_entry(name)
     if not zip_path.exists():
         raise SidekickError(f"snapshot archive {archive_name} not found")

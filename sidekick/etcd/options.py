@@ -64,6 +64,11 @@ class Options:
     - Ours, not the original's: ``verify``/``verify_every`` (rolling ``save``: a trial
       restore after every tick, or every Nth), ``output`` (``list``: table or json) and
       ``details`` (``list``: read each S3 object's metadata).
+    - ``age_*``: client-side encryption (:mod:`sidekick.etcd.crypto`), none of them the
+      original's: recipients for ``save``, an identity file for the reading commands.
+    - ``s3_*_file``, ``s3_session_token``, ``s3_sse*``, ``s3_checksum``,
+      ``s3_addressing_style``, ``s3_proxy``, ``s3_insecure_skip_verify``: S3 settings beyond the
+      original's (:class:`sidekick.etcd.s3.S3Config`); empty means today's behaviour.
     """
 
     command: str = ""
@@ -96,6 +101,20 @@ class Options:
     verify_every: int = 0
     output: str = "table"
     details: bool = False
+    age_recipient: str = ""
+    age_recipients_file: str = ""
+    age_identity_file: str = ""
+    age_encrypt_local: bool = False
+    s3_access_key_file: str = ""
+    s3_secret_key_file: str = ""
+    s3_session_token: str = field(default="", repr=False)
+    s3_sse: str = ""
+    s3_sse_kms_key_id: str = ""
+    s3_sse_c_key_file: str = ""
+    s3_checksum: str = ""
+    s3_addressing_style: str = ""
+    s3_proxy: str = field(default="", repr=False)
+    s3_insecure_skip_verify: bool = False
 
 
 def retry_wait_from_env() -> float:

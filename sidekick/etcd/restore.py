@@ -2,7 +2,9 @@
 
 ``download --s3-backup``: list ``[folder/]<name>``, download the matching key to
 ``/backup/<basename>`` (verified against its ``archive-sha256`` metadata) within the S3 budget,
-and for a ``.zip`` extract ``/backup/<name>`` (CRC and manifest SHA-256 checked).
+and for a ``.zip`` extract ``/backup/<name>`` (CRC and manifest SHA-256 checked). An
+age-encrypted ``<name>.zip.age`` is decrypted with ``--age-identity-file`` on the way and lands
+as ``/backup/<name>.zip`` (:mod:`sidekick.etcd.crypto`).
 ``download --local-endpoint <peer>``: fetch ``/backup/<name>`` from the peer's ``serve``
 (:mod:`sidekick.etcd.download`). ``extractstatefile``: optionally fetch the archive from S3
 first, then write ``/tmp/cluster.rkestate`` from it.
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from sidekick.errors import UsageError
-from sidekick.etcd import layout, s3
+from sidekick.etcd import crypto, layout, s3
 from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.download import download_from_peer
 from sidekick.etcd.extract import extract_snapshot, extract_state_file, stoppable
@@ -32,13 +35,33 @@ log = logging.getLogger(__name__)
 DOWNLOAD_RETRIES = 4  # attempts after the first, as the original's --backup-retries default
 
 
+def age_settings(opts: Options) -> crypto.AgeSettings:
+    """The identity that decrypts ``<name>.zip.age`` (read and checked before any transfer)."""
+    return crypto.AgeSettings.load(identity_file=opts.age_identity_file)
+
+
+@contextlib.contextmanager
+def local_archive(name: str, age: crypto.AgeSettings, *, stop: StopRequest) -> Iterator[Path | None]:
+    """``/backup/<name>.zip``, or a temporary decrypted copy of ``/backup/<name>.zip.age``
+    (``--age-encrypt-local``) removed afterwards, or None when neither exists."""
+    plain = layout.archive_path(name)
+    sealed = plain.with_name(crypto.encrypted_name(plain.name))
+    if plain.exists() or not sealed.exists():
+        yield plain if plain.exists() else None
+        return
+    with crypto.decrypted_copy(sealed, age.require_identities(f"snapshot {layout.archive_entry(name)}.age"),
+                               stop=stop) as copy:
+        yield copy
+
+
 def fetch_from_s3(opts: Options, *, stop: StopRequest, extract: bool) -> Path:
     """Download the snapshot object into /backup; with ``extract``, unzip /backup/<name>."""
     config = s3.S3Config.from_options(opts)
+    age = age_settings(opts)
     with s3.S3Store(config, budgets=Budgets.from_options(opts), retries=DOWNLOAD_RETRIES, stop=stop) as store:
         store.check_bucket()
         progress = Progress(log, "S3 download", name=opts.name)
-        path = s3.download_snapshot(store, opts.name, layout.backup_dir(), on_bytes=progress.add)
+        path = s3.download_snapshot(store, opts.name, layout.backup_dir(), on_bytes=progress.add, age=age)
     progress.finish(size=path.stat().st_size)
     if extract and path.name.endswith(layout.ARCHIVE_SUFFIX):
         snapshot = extract_snapshot(opts.name, path, stop=stop)
@@ -75,5 +98,6 @@ def run_extractstatefile(opts: Options) -> int:
     with stoppable() as stop:
         if opts.s3_backup:
             fetch_from_s3(opts, stop=stop, extract=False)
-        extract_state_file(opts.name)
+        with local_archive(opts.name, age_settings(opts), stop=stop) as zip_path:
+            extract_state_file(opts.name, zip_path)
     return 0

@@ -8,9 +8,10 @@ dry run prints exactly what a real run would do.
 Scope. A policy only ever deletes what this node's rotation has always owned:
 
 - rolling, local: files in /backup named ``<RFC3339>_...`` (the time is the part before the
-  first ``_``); those named exactly ``<RFC3339>_etcd`` or ``<RFC3339>_etcd.zip`` are snapshots,
+  first ``_``); those named exactly ``<RFC3339>_etcd``, ``<RFC3339>_etcd.zip`` or ``.zip.age``
+  (age-encrypted) are snapshots,
   the others are subject to the age rule only (it always deleted them);
-- rolling, S3: keys directly inside the folder matching ``.+_etcd(|.zip)$`` once the
+- rolling, S3: keys directly inside the folder matching ``.+_etcd(|.zip|.zip.age)$`` once the
   ``<folder>/`` prefix is stripped, with a parseable time (rancher/rancher#24544: the folder
   used to break the time parse, so nothing was ever deleted);
 - one-shot with a Rancher name (``c-<id>-<r|m><l|s>-<rand>_<time>``): local files of the same
@@ -57,10 +58,11 @@ from sidekick.host.files import TEMP_PREFIX
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 )
-_S3_NAME = re.compile(r"^.+_etcd(\.zip)?$")
+_S3_NAME = re.compile(r"^.+_etcd(\.zip(\.age)?)?$")
 _RANCHER_PREFIX = re.compile(r"^c-[a-z0-9].*?-")
 _RANCHER_RECURRING = re.compile(r"^c-[a-z0-9].*?-r.-")
-_ROLLING_TAILS = ("etcd", "etcd.zip")  # after the first "_" of a rolling snapshot's name
+# after the first "_" of a rolling snapshot's name (.zip.age: age-encrypted, sidekick.etcd.crypto)
+_ROLLING_TAILS = ("etcd", "etcd.zip", "etcd.zip.age")
 
 
 def parse_rfc3339(text: str) -> dt.datetime | None:
@@ -200,7 +202,7 @@ def local_rancher(files: Iterable[LocalFile], *, name: str) -> list[Snapshot]:
     for f in files:
         if not f.is_file:
             out.append(_foreign(f.name, Where.LOCAL, f.size, "not a regular file"))
-        elif f.name in (name, f"{name}.zip"):
+        elif f.name in (name, f"{name}.zip", f"{name}.zip.age"):
             out.append(Snapshot(f.name, Where.LOCAL, f.mtime, f.size, Scope.CURRENT))
         elif not prefix or not f.name.startswith(prefix):
             out.append(_foreign(f.name, Where.LOCAL, f.size, "not this cluster's Rancher snapshot"))
@@ -486,7 +488,7 @@ def s3_snapshot_keys(keys: Iterable[str], *, prefix: str) -> list[str]:
     prefix, so deleting ``tiny1`` also deleted ``tiny10.zip`` (CONTRACT 12)."""
     selected = []
     for key in keys:
-        if key == prefix:
+        if key in (prefix, f"{prefix}.zip.age"):  # .zip.age: the same snapshot, age-encrypted
             selected.append(key)
             continue
         base = key.rsplit("/", 1)[-1]

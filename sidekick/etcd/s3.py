@@ -30,17 +30,18 @@ import os
 import posixpath
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from sidekick import log as sklog
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
-from sidekick.errors import SidekickError
+from sidekick.errors import SidekickError, UsageError
+from sidekick.etcd import crypto
 from sidekick.etcd.archive import file_sha256
 from sidekick.etcd.budgets import S3_CONNECT, S3_REQUEST, S3_TRANSFER, Budgets
-from sidekick.host.files import atomic_output
+from sidekick.host.files import atomic_output, temp_path
 from sidekick.host.guard import Guard, bounded
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
@@ -57,6 +58,8 @@ DEFAULT_REGION = "us-east-1"
 CONTENT_TYPE = "application/zip"
 SNAPSHOT_SHA_META = "snapshot-sha256"
 ARCHIVE_SHA_META = "archive-sha256"
+ENCRYPTION_META = crypto.ENCRYPTION_META
+AGE_CONTENT_TYPE = "application/octet-stream"
 DELETE_BATCH = 1000
 PART_SIZE = 16 << 20
 CONCURRENCY = 4
@@ -155,8 +158,69 @@ def addressing_style(endpoint: str) -> str:
     return "path"
 
 
+SSE_VALUES = {"aes256": "AES256", "aws:kms": "aws:kms"}
+CHECKSUMS = ("CRC32", "CRC32C", "SHA1", "SHA256")
+ADDRESSING_STYLES = ("path", "virtual")
+SSE_C_ALGORITHM = "AES256"
+
+
+def _secret_file(path: str, what: str) -> bytes:
+    """A secret from a file (Kubernetes Secret volumes, Vault agents): read on every use, so
+    a rotated file takes effect at the next rolling tick."""
+    from sidekick.paths import host_path
+
+    try:
+        return host_path(path).read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read the {what} file {path}: {(err.strerror or str(err)).lower()}") from None
+
+
+def _text_secret(path: str, what: str) -> str:
+    try:
+        value = _secret_file(path, what).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"the {what} file {path} is not UTF-8 text") from None
+    if not value:
+        raise UsageError(f"the {what} file {path} is empty")
+    sklog.register_secret(value)
+    return value
+
+
+def load_sse_c_key(path: str) -> bytes:
+    """A 32-byte AES-256 key: the file holds the raw bytes or their base64 (one line)."""
+    raw = _secret_file(path, "SSE-C key")
+    key = raw
+    if len(raw) != 32:
+        try:
+            key = base64.b64decode(raw.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+    if len(key) != 32:
+        raise UsageError(f"the SSE-C key file {path} must hold 32 bytes (raw, or base64 of 32 bytes)")
+    sklog.register_secret(base64.b64encode(key).decode())  # as botocore sends it
+    return key
+
+
+def _choice(value: str, allowed: dict[str, str], flag: str) -> str:
+    if not value.strip():
+        return ""
+    chosen = allowed.get(value.strip().lower())
+    if chosen is None:
+        raise UsageError(f"{flag}={value!r}: expected one of {', '.join(sorted(set(allowed.values())))}")
+    return chosen
+
+
 @dataclass(frozen=True)
 class S3Config:
+    """Where and how to reach the bucket. The first fields are the original's flags; the
+    rest are opt-in settings whose empty value keeps its behaviour: ``sse`` (``AES256`` or
+    ``aws:kms``, with ``sse_kms_key_id``), ``sse_c_key`` (32 bytes, sent on every PUT, part,
+    GET and HEAD), ``checksum`` (an algorithm botocore computes on every PUT and part, which
+    Object Lock buckets require; empty: checksums only where an operation requires one),
+    ``addressing`` (``path``/``virtual``; empty: :func:`addressing_style`'s heuristic),
+    ``proxy`` (empty: botocore reads HTTPS_PROXY/HTTP_PROXY/NO_PROXY), ``insecure``
+    (no certificate check, a warning each time a client is made)."""
+
     endpoint: str
     bucket: str
     region: str = ""
@@ -164,13 +228,41 @@ class S3Config:
     access_key: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)
     endpoint_ca: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    sse: str = ""
+    sse_kms_key_id: str = ""
+    sse_c_key: bytes = field(default=b"", repr=False)
+    checksum: str = ""
+    addressing: str = ""
+    proxy: str = field(default="", repr=False)
+    insecure: bool = False
 
     @classmethod
     def from_options(cls, opts: Options) -> S3Config:
         access = decode_maybe_base64(opts.s3_access_key)
         secret = decode_maybe_base64(opts.s3_secret_key)
+        # Files are raw (no base64 guess): they are new, and Secret volumes hold the key itself.
+        if opts.s3_access_key_file:
+            access = _text_secret(opts.s3_access_key_file, "S3 access key")
+        if opts.s3_secret_key_file:
+            secret = _text_secret(opts.s3_secret_key_file, "S3 secret key")
         sklog.register_secret(access)
         sklog.register_secret(secret)
+        sklog.register_secret(opts.s3_session_token)
+        sse = _choice(opts.s3_sse, SSE_VALUES, "--s3-sse")
+        if opts.s3_sse_kms_key_id:
+            if sse and sse != "aws:kms":
+                raise UsageError("--s3-sse-kms-key-id needs --s3-sse=aws:kms (or no --s3-sse)")
+            sse = "aws:kms"
+        sse_c_key = load_sse_c_key(opts.s3_sse_c_key_file) if opts.s3_sse_c_key_file else b""
+        if sse_c_key and sse:
+            raise UsageError("--s3-sse-c-key-file and --s3-sse are exclusive: an object has one kind of SSE")
+        proxy = opts.s3_proxy.strip()
+        if proxy:
+            parsed = urllib.parse.urlsplit(proxy)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise UsageError("--s3-proxy must be an http:// or https:// URL")
+            sklog.register_secret(parsed.password or "")
         return cls(
             endpoint=opts.s3_endpoint,
             bucket=opts.s3_bucket_name,
@@ -179,10 +271,36 @@ class S3Config:
             access_key=access,
             secret_key=secret,
             endpoint_ca=opts.s3_endpoint_ca,
+            session_token=opts.s3_session_token,
+            sse=sse,
+            sse_kms_key_id=opts.s3_sse_kms_key_id,
+            sse_c_key=sse_c_key,
+            checksum=_choice(opts.s3_checksum, {c.lower(): c for c in CHECKSUMS}, "--s3-checksum"),
+            addressing=_choice(opts.s3_addressing_style, {a: a for a in ADDRESSING_STYLES},
+                               "--s3-addressing-style"),
+            proxy=proxy,
+            insecure=opts.s3_insecure_skip_verify,
         )
 
     def key(self, filename: str) -> str:
         return f"{self.folder}/{filename}" if self.folder else filename
+
+    def sse_c_args(self) -> dict[str, Any]:
+        """SSE-C parameters of every call that reads or writes an object's data or metadata
+        (botocore adds the key's MD5)."""
+        if not self.sse_c_key:
+            return {}
+        return {"SSECustomerAlgorithm": SSE_C_ALGORITHM, "SSECustomerKey": self.sse_c_key}
+
+    def upload_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = dict(self.sse_c_args())
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+        if self.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.sse_kms_key_id
+        if self.checksum:
+            args["ChecksumAlgorithm"] = self.checksum
+        return args
 
 
 @functools.cache
@@ -285,12 +403,24 @@ class S3Store:
             with os.fdopen(fd, "wb") as out:
                 out.write(pem)
             verify = self._ca_file
+        if cfg.insecure:
+            verify = False
+            log.warning("S3 TLS certificate verification is OFF (--s3-insecure-skip-verify): anyone on the "
+                        "path can read and change the snapshots", extra=kv(endpoint=endpoint_url(cfg.endpoint)))
         kwargs: dict[str, Any] = {}
         if cfg.access_key or cfg.secret_key:
             kwargs = {"aws_access_key_id": cfg.access_key, "aws_secret_access_key": cfg.secret_key}
+            if cfg.session_token:
+                kwargs["aws_session_token"] = cfg.session_token
         else:
-            log.info("no S3 keys given: using the instance's IAM role")
+            # boto3's chain: AWS_* env, web identity (IRSA: AWS_WEB_IDENTITY_TOKEN_FILE and
+            # AWS_ROLE_ARN), shared config, container and instance roles; botocore refreshes
+            # the temporary ones (web identity, roles) before they expire, across rolling ticks.
+            log.info("no S3 keys given: using boto3's credential chain (web identity, instance role, ...)")
         request = self.budgets.seconds(S3_REQUEST)
+        extra: dict[str, Any] = {}
+        if cfg.proxy:
+            extra["proxies"] = {"http": cfg.proxy, "https": cfg.proxy}
         return _session().client(
             "s3",
             endpoint_url=endpoint_url(cfg.endpoint),
@@ -300,12 +430,14 @@ class S3Store:
                 connect_timeout=min(self.budgets.seconds(S3_CONNECT), request),
                 read_timeout=request,
                 retries={"total_max_attempts": 1, "mode": "standard"},  # the store's policy retries
-                s3={"addressing_style": addressing_style(cfg.endpoint)},  # type: ignore[arg-type]
+                s3={"addressing_style": cfg.addressing or addressing_style(cfg.endpoint)},  # type: ignore[arg-type]
                 max_pool_connections=CONCURRENCY + 4,
                 # Newer botocore adds CRC headers to every request; many S3-compatible
-                # servers (older minio, Ceph) reject them. Checksums only where required.
-                request_checksum_calculation="when_required",
+                # servers (older minio, Ceph) reject them. Checksums only where required,
+                # unless --s3-checksum asks for one on every PUT and part (Object Lock).
+                request_checksum_calculation="when_supported" if cfg.checksum else "when_required",
                 response_checksum_validation="when_required",
+                **extra,
             ),
             **kwargs,
         )
@@ -392,7 +524,7 @@ class S3Store:
     def head_metadata(self, key: str) -> tuple[int, dict[str, str]]:
         def head(_deadline: Deadline) -> tuple[int, dict[str, str]]:
             try:
-                answer = self.client.head_object(Bucket=self.config.bucket, Key=key)
+                answer = self.client.head_object(Bucket=self.config.bucket, Key=key, **self.config.sse_c_args())
             except Exception as err:
                 raise _error(f"cannot read object {key}", err) from None
             return int(answer.get("ContentLength", 0)), dict(answer.get("Metadata", {}) or {})
@@ -432,7 +564,7 @@ class S3Store:
 
     # --- upload -------------------------------------------------------------------------
     def upload_file(self, path: Path, key: str, *, metadata: dict[str, str],
-                    on_bytes: Callable[[int], None] | None = None) -> None:
+                    on_bytes: Callable[[int], None] | None = None, content_type: str = CONTENT_TYPE) -> None:
         """Upload ``path`` (multipart, parts in parallel; an unfinished upload is aborted)."""
         from boto3.s3.transfer import TransferConfig
 
@@ -446,7 +578,7 @@ class S3Store:
             try:
                 bounded(lambda: self.client.upload_file(
                     str(path), self.config.bucket, key,
-                    ExtraArgs={"ContentType": CONTENT_TYPE, "Metadata": metadata},
+                    ExtraArgs={"ContentType": content_type, "Metadata": metadata, **self.config.upload_args()},
                     Config=config, Callback=on_bytes,
                 ))
             except Exception as err:
@@ -564,24 +696,44 @@ class S3Store:
         """Download ``key`` to ``dest`` (temp name, fsync, rename, mode 0600); return its sha256.
 
         When the object carries ``archive-sha256`` metadata the bytes must match it, else
-        nothing replaces ``dest``.
+        nothing replaces ``dest`` (an age-encrypted object's metadata is of its plaintext:
+        :func:`download_snapshot` checks that after decryption).
+        """
+        size, metadata = self.head_metadata(key)
+        expected = "" if metadata.get(ENCRYPTION_META) else metadata.get(ARCHIVE_SHA_META, "")
+        return self.fetch(key, dest, size=size, expected=expected, on_bytes=on_bytes)
+
+    def fetch(self, key: str, dest: Path, *, size: int, expected: str,
+              on_bytes: Callable[[int], None] | None = None, scratch: bool = False) -> str:
+        """:meth:`download_to` once the object's size and expected sha256 are known.
+
+        ``scratch``: ``dest`` is a temp name its caller removes once read (the ciphertext of an
+        encrypted snapshot, which age authenticates): written in place, neither fsynced nor
+        hashed, so it costs one write; the result is then "".
         """
         from boto3.s3.transfer import TransferConfig
 
-        size, metadata = self.head_metadata(key)
-        expected = metadata.get(ARCHIVE_SHA_META, "").lower()
+        expected = expected.lower()
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                 max_concurrency=CONCURRENCY, use_threads=True, num_download_attempts=1)
         self.phase.extend(self.budgets.for_bytes(size))
 
+        def into(out: Any) -> None:
+            try:
+                bounded(lambda: self.client.download_fileobj(self.config.bucket, key, out,
+                                                                ExtraArgs=self.config.sse_c_args() or None,
+                                                                Config=config, Callback=on_bytes))
+            except Exception as err:
+                raise _error(f"failed to download {key}", err) from None
+
         def get(deadline: Deadline) -> str:
             deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
+            if scratch:
+                with _scratch_output(dest) as out:
+                    into(out)
+                return ""
             with atomic_output(dest, mode=0o600) as pending:
-                try:
-                    bounded(lambda: self.client.download_fileobj(self.config.bucket, key, pending.file,
-                                                                    Config=config, Callback=on_bytes))
-                except Exception as err:
-                    raise _error(f"failed to download {key}", err) from None
+                into(pending.file)
                 pending.file.flush()
                 digest = file_sha256(pending.temp)  # parts arrive out of order: hash once complete
                 if expected and digest != expected:
@@ -605,6 +757,19 @@ def _parse_timestamp(value: object) -> dt.datetime:
 
 def _timestamp(value: object) -> float | None:
     return value.timestamp() if hasattr(value, "timestamp") else None
+
+
+@contextlib.contextmanager
+def _scratch_output(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for writing from scratch (mode 0600); removed if the block fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
 
 
 def _not_implemented(err: BaseException) -> bool:
@@ -632,7 +797,9 @@ def find_snapshot_key(store: S3Store, name: str) -> tuple[str, str]:
     """
     prefix = store.config.key(name)
     for obj in store.list_objects(prefix, recursive=False):
-        stripped = stripped_ext(obj.key)
+        # <name>.zip.age (age-encrypted) is the same snapshot as <name>.zip
+        plain = obj.key[: -len(crypto.AGE_SUFFIX)] if crypto.is_encrypted_archive(obj.key) else obj.key
+        stripped = stripped_ext(plain)
         log.debug("found key", extra=kv(key=obj.key, stripped=stripped))
         if stripped == prefix:
             return obj.key, posixpath.basename(obj.key)
@@ -642,15 +809,36 @@ def find_snapshot_key(store: S3Store, name: str) -> tuple[str, str]:
     raise S3Error("failed to download s3 backup: no backups found")
 
 
-def download_snapshot(store: S3Store, name: str, backup_dir: Path,
-                      *, on_bytes: Callable[[int], None] | None = None) -> Path:
+def download_snapshot(store: S3Store, name: str, backup_dir: Path, *, on_bytes: Callable[[int], None] | None = None,
+                      age: crypto.AgeSettings | None = None) -> Path:
     """Fetch snapshot ``name`` into ``backup_dir/<basename of the key>`` (mode 0600), verified
-    against the object's ``archive-sha256`` metadata when present; return the local path."""
+    against the object's ``archive-sha256`` metadata when present; return the local path.
+
+    An age-encrypted ``<name>.zip.age`` lands decrypted at ``<name>.zip``, where RKE looks
+    (the ciphertext goes to a temp name first and is removed); without an identity, or with
+    one that does not match, nothing is written.
+    """
     key, filename = find_snapshot_key(store, name)
     if "/" in filename or filename in {"", ".", ".."}:
         raise S3Error(f"refusing to write object {key!r} outside {backup_dir}")
-    dest = backup_dir / filename
-    log.info("downloading snapshot from S3", extra=kv(key=key, bucket=store.config.bucket, dest=str(dest)))
-    digest = store.download_to(key, dest, on_bytes=on_bytes)
+    size, metadata = store.head_metadata(key)
+    if not (crypto.is_encrypted_archive(filename) or metadata.get(ENCRYPTION_META)):
+        dest = backup_dir / filename
+        log.info("downloading snapshot from S3", extra=kv(key=key, bucket=store.config.bucket, dest=str(dest)))
+        digest = store.fetch(key, dest, size=size, expected=metadata.get(ARCHIVE_SHA_META, ""), on_bytes=on_bytes)
+        log.info("downloaded snapshot from S3", extra=kv(key=key, size=dest.stat().st_size, sha256=digest))
+        return dest
+    identities = (age or crypto.AgeSettings()).require_identities(f"snapshot {name} ({key})")
+    dest = backup_dir / crypto.plain_name(filename)
+    cipher = temp_path(backup_dir / filename)
+    log.info("downloading encrypted snapshot from S3", extra=kv(key=key, bucket=store.config.bucket, dest=str(dest),
+                                                                encryption=metadata.get(ENCRYPTION_META, crypto.AGE)))
+    try:
+        store.fetch(key, cipher, size=size, expected="", on_bytes=on_bytes, scratch=True)
+        digest = crypto.decrypt_file(cipher, dest, identities, what=key,
+                                     expected_sha256=metadata.get(ARCHIVE_SHA_META, ""), stop=store.stop)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            cipher.unlink()
     log.info("downloaded snapshot from S3", extra=kv(key=key, size=dest.stat().st_size, sha256=digest))
     return dest

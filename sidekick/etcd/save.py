@@ -40,14 +40,22 @@ from pathlib import Path
 from sidekick import __version__
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import catchup, layout, prune, retention, s3
+from sidekick.etcd import catchup, crypto, layout, prune, retention, s3
 from sidekick.etcd.archive import ArchiveResult, EntryResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
-from sidekick.etcd.s3 import ARCHIVE_SHA_META, SNAPSHOT_SHA_META, S3Config, S3Error, S3Store
+from sidekick.etcd.s3 import (
+    AGE_CONTENT_TYPE,
+    ARCHIVE_SHA_META,
+    ENCRYPTION_META,
+    SNAPSHOT_SHA_META,
+    S3Config,
+    S3Error,
+    S3Store,
+)
 from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
 from sidekick.host.proc import Runner
@@ -65,6 +73,7 @@ class Snapshot:
     name: str
     archive: ArchiveResult
     facts: SnapshotFacts = field(default_factory=SnapshotFacts)
+    encrypted: Path | None = None  # /backup/<name>.zip.age in place of the zip (--age-encrypt-local)
 
     @property
     def snapshot_sha256(self) -> str:
@@ -83,6 +92,7 @@ class Saver:
     progress_interval: float = 5.0
     telemetry: Telemetry | None = None
     _ticks: int = 0  # rolling ticks so far (--verify-every counts them)
+    age: crypto.AgeSettings = field(default_factory=crypto.AgeSettings)
 
     def __post_init__(self) -> None:
         self.policy = prune.policy_of(self.opts)
@@ -204,6 +214,35 @@ class Saver:
                                                   snapshot_sha256=snapshot_sha, archive_sha256=result.sha256))
         return Snapshot(name, result, facts[0] if facts else SnapshotFacts())
 
+    # --- encryption ---------------------------------------------------------------------------
+    def seal(self, snap: Snapshot) -> None:
+        """With ``--age-encrypt-local``, ``/backup/<name>.zip.age`` replaces the plain archive."""
+        if not self.age.encrypt_local:
+            return
+        plain = snap.archive.path
+        sealed = plain.with_name(crypto.encrypted_name(plain.name))
+        crypto.encrypt_file(plain, sealed, self.age.recipients, stop=self.stop)
+        plain.unlink()
+        snap.encrypted = sealed
+
+    @contextlib.contextmanager
+    def upload_source(self, snap: Snapshot) -> Iterator[Path]:
+        """The file to upload: the archive, or its age encryption (a temp copy beside it,
+        removed afterwards, unless the local copy is the encrypted one)."""
+        if not self.age.encrypts:
+            yield snap.archive.path
+            return
+        if snap.encrypted is not None:
+            yield snap.encrypted
+            return
+        temp = temp_path(snap.archive.path.with_name(crypto.encrypted_name(snap.archive.path.name)))
+        try:
+            crypto.encrypt_file(snap.archive.path, temp, self.age.recipients, stop=self.stop)
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
     def check_space(self) -> None:
         """Refuse to start a snapshot that cannot fit: the last one's size (and its archive)
         times a margin must be free, else one line says how much is needed and what is there."""
@@ -237,8 +276,10 @@ class Saver:
             store.close()
 
     def upload(self, store: S3Store, snap: Snapshot) -> None:
-        path = snap.archive.path
-        key = store.config.key(path.name)
+        filename = snap.archive.path.name
+        if self.age.encrypts:
+            filename = crypto.encrypted_name(filename)  # <name>.zip.age: never taken for a zip
+        key = store.config.key(filename)
         try:
             existing = store.object_size(key)
             if existing and not store.versioning_enabled():
@@ -247,14 +288,22 @@ class Saver:
                 return
             metadata = {**snap.facts.to_metadata(), SNAPSHOT_SHA_META: snap.snapshot_sha256,
                         ARCHIVE_SHA_META: snap.archive.sha256}
-            progress = Progress(log, "upload", total=snap.archive.size, interval=self.progress_interval,
-                                key=key, bucket=store.config.bucket)
-            store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
-        except S3Error as err:
+            if self.age.encrypts:  # the digests stay those of the plaintext
+                metadata[ENCRYPTION_META] = crypto.AGE
+            with self.upload_source(snap) as path:
+                size = path.stat().st_size
+                progress = Progress(log, "upload", total=size, interval=self.progress_interval,
+                                    key=key, bucket=store.config.bucket)
+                if self.age.encrypts:
+                    store.upload_file(path, key, metadata=metadata, on_bytes=progress.add,
+                                      content_type=AGE_CONTENT_TYPE)
+                else:
+                    store.upload_file(path, key, metadata=metadata, on_bytes=progress.add)
+        except (S3Error, crypto.CryptoError) as err:
             raise SidekickError(f"{UPLOAD_FAILED}: {err}") from None
-        progress.finish(size=snap.archive.size, sha256=snap.archive.sha256)
-        catchup.remember(path, key, snap.archive.sha256)
-        log.info("Successfully uploaded", extra=kv(key=key, size=snap.archive.size))
+        progress.finish(size=size, sha256=snap.archive.sha256)
+        catchup.remember(snap.encrypted or snap.archive.path, key, snap.archive.sha256)
+        log.info("Successfully uploaded", extra=kv(key=key, size=size))
 
     def catch_up(self, store: S3Store, snap: Snapshot) -> None:
         """Opt-in: upload what S3 missed while it was down; a failure here only warns (this
@@ -262,7 +311,8 @@ class Saver:
         if not self.opts.s3_catch_up:
             return
         try:
-            catchup.catch_up(store, self.backup_dir, limit=self.opts.s3_catch_up, skip=snap.archive.path.name)
+            catchup.catch_up(store, self.backup_dir, limit=self.opts.s3_catch_up,
+                             skip=(snap.encrypted or snap.archive.path).name, age=self.age)
         except S3Error as err:
             log.warning("S3 catch-up failed: the next run tries again", extra=kv(error=str(err)))
 
@@ -318,6 +368,7 @@ class Saver:
         except Stopped:
             raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'}: "
                           "no snapshot was written") from None
+        self.seal(snap)
         if self.opts.s3_backup:
             warming.join()
             try:
@@ -363,6 +414,7 @@ class Saver:
         self.checkpoint()
         with self.stage("snapshot") as outcome:
             snap = self.take_snapshot(name)
+            self.seal(snap)
             outcome.size = snap.archive.size
         self.checkpoint()
         with self.stage("retention") as outcome:
@@ -450,10 +502,14 @@ def prepare_backup_dir() -> Path:
 
 def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     _validate(opts)
+    age = crypto.AgeSettings.load(recipients=opts.age_recipient, recipients_file=opts.age_recipients_file,
+                                  encrypt_local=opts.age_encrypt_local)
+    if opts.s3_backup:
+        S3Config.from_options(opts)  # bad S3 settings (files, SSE, checksum): one line before any snapshot
     prepare_backup_dir()
     telemetry = None if opts.once else Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
     with stop_on_signals() as stop, telemetry or contextlib.nullcontext():
-        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry)
+        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age)
         if telemetry is not None:
             telemetry.start()
         saver.clean_leftovers()

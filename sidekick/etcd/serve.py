@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from sidekick.errors import SidekickError, UsageError
+from sidekick.etcd import crypto, layout
 from sidekick.etcd.budgets import HANDSHAKE, PEER_IO, Budgets
-from sidekick.etcd.extract import ensure_snapshot, stoppable
+from sidekick.etcd.extract import ensure_snapshot, extract_snapshot, stoppable
 from sidekick.etcd.options import Options, serve_address, serve_port
 from sidekick.etcd.progress import Progress, mb_per_s
 from sidekick.host.signals import StopRequest
@@ -519,8 +520,16 @@ def run_serve(opts: Options) -> int:
             raise UsageError(f"{flag} is required to serve over mutual TLS")
     address, port = serve_address(), serve_port()
     context = server_context(host_path(opts.cacert), host_path(opts.cert), host_path(opts.key))
+    age = crypto.AgeSettings.load(identity_file=opts.age_identity_file)
     with stoppable() as stop:
-        snapshot = ensure_snapshot(opts.name, stop=stop)
+        archive = layout.archive_path(opts.name)
+        sealed = archive.with_name(crypto.encrypted_name(archive.name))
+        if not archive.exists() and sealed.exists():
+            # --age-encrypt-local: the snapshot comes from a decrypted copy, removed at once
+            with crypto.decrypted_copy(sealed, age.require_identities(f"snapshot {sealed.name}"), stop=stop) as copy:
+                snapshot = extract_snapshot(opts.name, copy, stop=stop)
+        else:
+            snapshot = ensure_snapshot(opts.name, stop=stop)
         resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
         server = SnapshotServer(resource, context, address, port, budgets=Budgets.from_options(opts))
         log.info("serving snapshot", extra=kv(name=opts.name, address=f"{address}:{server.port}", size=resource.size,

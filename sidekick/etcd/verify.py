@@ -60,7 +60,7 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import layout, trials
+from sidekick.etcd import crypto, layout, trials
 from sidekick.etcd.archive import file_sha256, read_manifest_document
 from sidekick.etcd.budgets import STATUS_TIMEOUT, VERIFY_QUERY, VERIFY_START, VERIFY_STOP, Budgets
 from sidekick.etcd.etcdctl import ETCDCTL, EtcdError, check_snapshot_hash
@@ -192,17 +192,24 @@ def from_archive(zip_path: Path, name: str, work: Path, *, stop: StopRequest, la
                      ["zip-crc32", *(["manifest-sha256"] if has_sha else [])])
 
 
-def fetch_local(name: str, work: Path, *, stop: StopRequest) -> Candidate:
+def fetch_local(name: str, work: Path, *, stop: StopRequest, age: crypto.AgeSettings) -> Candidate:
     zip_path, raw = layout.archive_path(name), layout.snapshot_path(name)
     if zip_path.is_file():
         return from_archive(zip_path, name, work, stop=stop, label=layout.archive_entry(name))
+    sealed = zip_path.with_name(crypto.encrypted_name(zip_path.name))
+    if sealed.is_file():  # --age-encrypt-local: decrypted into the work directory first
+        plain = work / "decrypted.zip"
+        crypto.decrypt_file(sealed, plain, age.require_identities(f"verify {name}"), what=sealed.name, stop=stop)
+        candidate = from_archive(plain, name, work, stop=stop, label=f"{layout.archive_entry(name)}.age")
+        plain.unlink()
+        return candidate
     if raw.is_file():  # a bare snapshot (older tools): copied, so nothing ever opens RKE's file but us
         return Candidate(work / SNAPSHOT_FILE, _copy_hashed(raw, work / SNAPSHOT_FILE, stop=stop), SnapshotFacts())
     raise SidekickError(f"snapshot {name} not found: neither {layout.archive_entry(name)} "
                         f"nor {layout.snapshot_entry(name)} exists")
 
 
-def fetch_s3(opts: Options, work: Path, *, budgets: Budgets, stop: StopRequest) -> Candidate:
+def fetch_s3(opts: Options, work: Path, *, budgets: Budgets, stop: StopRequest, age: crypto.AgeSettings) -> Candidate:
     from sidekick.etcd import s3
 
     name = opts.name
@@ -211,10 +218,15 @@ def fetch_s3(opts: Options, work: Path, *, budgets: Budgets, stop: StopRequest) 
         key, filename = s3.find_snapshot_key(store, name)
         _, metadata = store.head_metadata(key)
         label = f"s3://{store.config.bucket}/{key}"
-        dest = work / ("fetched.zip" if filename.endswith(layout.ARCHIVE_SUFFIX) else SNAPSHOT_FILE)
+        encrypted = crypto.is_encrypted_archive(filename)
+        plain = crypto.plain_name(filename) if encrypted else filename
+        dest = work / ("fetched.zip" if plain.endswith(layout.ARCHIVE_SUFFIX) else SNAPSHOT_FILE)
         log.info("downloading the snapshot to verify", extra=kv(key=key, bucket=store.config.bucket))
         try:
-            store.download_to(key, dest)
+            if encrypted:  # decrypted (and its plaintext digest checked) on the way in
+                s3.download_snapshot(store, name, work, age=age).rename(dest)
+            else:
+                store.download_to(key, dest)
         except s3.S3Error as err:
             if s3.ARCHIVE_SHA_META in str(err):  # the bytes are not what the metadata says
                 raise VerifyFailed(f"{label}: {err}") from None
@@ -392,6 +404,7 @@ class Verifier:
     runner: Runner
     budgets: Budgets
     stop: StopRequest
+    age: crypto.AgeSettings = field(default_factory=crypto.AgeSettings)  # decrypts <name>.zip.age
 
     def verify(self, name: str, source: str, fetch: Callable[[Path], Candidate]) -> trials.Trial:
         """Fetch with ``fetch(work)``, check, restore, read back; record and return the verdict."""
@@ -463,10 +476,11 @@ class Verifier:
 
     # --- the sources ---
     def local(self, name: str) -> trials.Trial:
-        return self.verify(name, "local", lambda work: fetch_local(name, work, stop=self.stop))
+        return self.verify(name, "local", lambda work: fetch_local(name, work, stop=self.stop, age=self.age))
 
     def s3(self, opts: Options) -> trials.Trial:
-        return self.verify(opts.name, "s3", lambda work: fetch_s3(opts, work, budgets=self.budgets, stop=self.stop))
+        return self.verify(opts.name, "s3", lambda work: fetch_s3(opts, work, budgets=self.budgets, stop=self.stop,
+                                                                  age=self.age))
 
     def peer(self, opts: Options) -> trials.Trial:
         return self.verify(opts.name, "peer",
@@ -493,7 +507,8 @@ def _check_flags(opts: Options) -> str:
 def run_verify(opts: Options) -> int:
     source = _check_flags(opts)
     with stop_on_signals() as stop:
-        verifier = Verifier(Runner(), Budgets.from_options(opts), stop)
+        verifier = Verifier(Runner(), Budgets.from_options(opts), stop,
+                            crypto.AgeSettings.load(identity_file=opts.age_identity_file))
         try:
             if source == "peer":
                 trial = verifier.peer(opts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 SIDEKICK = Path(sys.executable).with_name("sidekick")
 LOCAL = "rke_etcd_snapshot_2024-10-04T14:00:00+02:00"
 REMOTE = "c-abcde-rs-x7k2p_2024-10-04T12:00:00Z"
+AGE_KEY = "/etc/sidekick/age.key"
 CERTS = [
     "--cacert", "/etc/kubernetes/ssl/kube-ca.pem",
     "--cert", "/etc/kubernetes/ssl/kube-node.pem",
@@ -112,6 +114,7 @@ class Machine:
     node: Node
     root: Path
     member: str  # etcd member name, RKE's etcd-<hostname>
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the age identity of an encrypted drill
 
     @property
     def ip(self) -> str:
@@ -119,7 +122,7 @@ class Machine:
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = clean_env()
-        env.update(SIDEKICK_ROOT=str(self.root), SIDEKICK_RETRY_WAIT="0.3", **(extra or {}))
+        env.update(SIDEKICK_ROOT=str(self.root), SIDEKICK_RETRY_WAIT="0.3", **self.extra_env, **(extra or {}))
         return env
 
     def argv(self, *args: str) -> list[str]:
@@ -228,8 +231,23 @@ def no_secrets(done: subprocess.CompletedProcess[str], what: str) -> None:
     check(ACCESS_KEY not in done.stderr and SECRET_KEY not in done.stderr, f"{what} logged an S3 key")
 
 
-def prepare(stack: ExitStack, base: Path, ca: CertificateAuthority) -> Drill:
+def age_key(machines: Sequence[Machine], base: Path) -> str:
+    """One ``age-keygen`` identity at /etc/sidekick/age.key on every node (the operator's key);
+    every node's tools find it through ``SIDEKICK_AGE_IDENTITY_FILE``. Returns the recipient."""
+    key = base / "age.key"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    for m in machines:
+        (m.root / "etc/sidekick").mkdir(parents=True, exist_ok=True)
+        shutil.copy(key, m.root / AGE_KEY.lstrip("/"))
+        m.extra_env["SIDEKICK_AGE_IDENTITY_FILE"] = AGE_KEY
+    return next(line.split(": ")[1] for line in key.read_text().splitlines() if line.startswith("# public key: "))
+
+
+def prepare(stack: ExitStack, base: Path, ca: CertificateAuthority, *, encrypt: bool = False) -> Drill:
     """Three nodes with data; a local snapshot on node 1 and one uploaded to S3; etcd stopped.
+
+    ``encrypt``: both snapshots age-encrypted (the local one kept only as ``.zip.age``, the S3
+    object ``.zip.age``), every node holding the identity.
 
     Raises ``NamespaceError`` when the namespaces cannot be built (callers say so and fail).
     """
@@ -257,15 +275,22 @@ def prepare(stack: ExitStack, base: Path, ca: CertificateAuthority) -> Drill:
               f"{len(drill.written)} keys read back after writing {BULK_KEYS + len(machines)}")
 
         source = machines[0]
+        age_save: list[str] = []
+        age_env: dict[str, str] = {}
+        if encrypt:
+            age_env["SIDEKICK_AGE_RECIPIENTS"] = age_key(machines, base)
+            age_save = ["--age-encrypt-local"]
         for name in (LOCAL, REMOTE):  # what RKE's cluster-state-deployer puts there first
             (source.root / "etc/kubernetes" / f"{name}.rkestate").write_text(json.dumps(STATE, indent=2))
         with phases.timed("save"):
-            source.must("save", *CERTS, "--name", LOCAL, f"--endpoints={source.ip}:2379", "--once")
-        drill.snapshot_zip_bytes = (source.root / "backup" / f"{LOCAL}.zip").stat().st_size
+            source.must("save", *CERTS, "--name", LOCAL, f"--endpoints={source.ip}:2379", "--once", *age_save,
+                        env=age_env)
+        archive = source.root / "backup" / (f"{LOCAL}.zip.age" if encrypt else f"{LOCAL}.zip")
+        drill.snapshot_zip_bytes = archive.stat().st_size
         with phases.timed("save to S3"):
             saved = source.must("save", *CERTS, "--name", REMOTE, f"--endpoints={source.ip}:2379", "--once",
                                 "--creation=12h", "--retention=72h", *drill.s3_flags(),
-                                env=rke_s3_env(ACCESS_KEY, SECRET_KEY))
+                                env={**rke_s3_env(ACCESS_KEY, SECRET_KEY), **age_env})
         no_secrets(saved, "save to S3")
         (source.root / "backup" / f"{REMOTE}.zip").unlink()  # only S3 has it now
         members[2].put(AFTER_SNAPSHOT, "must not come back")

@@ -5,7 +5,11 @@ without ever accepting: a slow accept) and never answers. ``FaultyHttp``: an HTT
 front of a real server (moto) that applies a :class:`Fault` to chosen requests: hold them for
 ever (a black hole for one method), answer with a status (500/503 bursts), forward the answer
 one byte every ``drip`` seconds, or reset the connection half-way through the body. It counts
-every request it sees, by method, which is how tests bound the requests of an operation.
+every request it sees, by method, which is how tests bound the requests of an operation, and
+records each one's request target and headers (``seen``), which is how tests see what a client
+sent (SSE headers, checksums, the session token). It also works as a forward proxy: a request
+in absolute form (``GET http://host/path``, as clients send to an HTTP proxy) is forwarded to
+the target by its path.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import http.client
 import socket
 import struct
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +72,16 @@ class Fault:
 Rule = Callable[[str, str], Fault | None]  # (method, path) -> the fault, or None to forward
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request as it arrived: method, request target (absolute when proxied), headers
+    with lower-case names."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
 class FaultyHttp:
     """An HTTP/1.1 proxy to ``target_port`` on loopback applying ``rule`` to each request."""
 
@@ -74,6 +89,7 @@ class FaultyHttp:
         owner = self
         self.rule = rule
         self.requests: collections.Counter[str] = collections.Counter()
+        self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self.released = threading.Event()
 
@@ -88,7 +104,12 @@ class FaultyHttp:
                 body = self.rfile.read(length) if length else None
                 with owner._lock:
                     owner.requests[self.command] += 1
-                fault = owner.rule(self.command, self.path) or Fault()
+                    owner.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                path = self.path
+                if path.startswith(("http://", "https://")):  # proxied: forward by path
+                    parts = urllib.parse.urlsplit(path)
+                    path = parts.path + (f"?{parts.query}" if parts.query else "")
+                fault = owner.rule(self.command, path) or Fault()
                 if fault.hold:
                     owner.released.wait()
                     self.close_connection = True
@@ -103,14 +124,15 @@ class FaultyHttp:
                 conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 headers["Host"] = f"127.0.0.1:{target_port}"
-                conn.request(self.command, self.path, body=body, headers=headers)
+                conn.request(self.command, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 conn.close()
                 head = [f"HTTP/1.1 {resp.status} {resp.reason}"]
                 head += [f"{k}: {v}" for k, v in resp.getheaders()
                          if k.lower() not in {"content-length", "transfer-encoding", "connection"}]
-                head.append(f"Content-Length: {len(data)}")
+                sent = resp.getheader("Content-Length") or "0" if self.command == "HEAD" else str(len(data))
+                head.append(f"Content-Length: {sent}")
                 raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (data if self.command != "HEAD" else b"")
                 if fault.reset >= 0:
                     self.wfile.write(raw[: fault.reset])
