@@ -369,3 +369,28 @@ def test_catch_up_uploads_what_s3_missed_encrypted(tmp_path: Path, s3_http: S3Se
         assert out.getvalue() == plain
     assert client.get_object(Bucket=bucket, Key=f"f/{sealed.name}")["Body"].read() == sealed.read_bytes()
     assert listing(backup) == sorted([f"{n}.zip" for n in names] + [sealed.name])  # no temp left
+
+
+@pytest.mark.integration
+def test_verify_restores_encrypted_snapshots(tmp_path: Path, etcd_ssl: RkeSsl, etcd_server: EtcdServer,
+                                             s3_https: S3Server) -> None:
+    """``verify`` of a ``.zip.age`` in S3 and of a local ``--age-encrypt-local`` one: decrypted
+    with the identity, restored for real; without the identity, one line."""
+    bucket = s3_https.new_bucket()
+    node = node_root(tmp_path / "node", etcd_ssl)
+    secret, public = age_keygen(node)
+    saved = run_sidekick(["rke-etcd-backup", *rke_save_argv(etcd_server.endpoint, NAME, "--once",
+                                                             "--age-encrypt-local", *s3_flags(s3_https, bucket))],
+                         root=node, env={**ENV, "SIDEKICK_AGE_RECIPIENTS": public})
+    assert saved.returncode == 0, saved.stderr
+    assert listing(node / "backup") == [f"{NAME}.zip.age"]
+    for source in ([], s3_flags(s3_https, bucket)):
+        done = run_sidekick(["rke-etcd-backup", "etcd-backup", "verify", "--name", NAME, *source,
+                             "--age-identity-file", KEY_PATH], root=node, env=ENV)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"verified {NAME} revision=")
+        assert secret not in done.stderr
+        refused = run_sidekick(["rke-etcd-backup", "etcd-backup", "verify", "--name", NAME, *source],
+                               root=node, env=ENV)
+        assert refused.returncode == 1 and "give its identity file" in last_line(refused.stderr), refused.stderr
+    assert listing(node / "backup") == [f"{NAME}.zip.age"]  # nothing left behind
