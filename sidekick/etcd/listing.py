@@ -37,7 +37,7 @@ from typing import Any
 
 from sidekick.deadline import Deadline
 from sidekick.errors import SidekickError
-from sidekick.etcd import layout, trials
+from sidekick.etcd import crypto, layout, trials
 from sidekick.etcd.archive import manifest_digests, read_manifest_document
 from sidekick.etcd.budgets import LIST_S3, Budgets
 from sidekick.etcd.facts import SnapshotFacts
@@ -107,7 +107,8 @@ class Listing:
 
 # --- gathering --------------------------------------------------------------------------------
 def scan_local() -> dict[str, LocalCopy]:
-    """Snapshots in /backup: ``<name>.zip`` archives, else bare ``<name>`` files."""
+    """Snapshots in /backup: ``<name>.zip`` archives (or their ``.zip.age`` encryption), else
+    bare ``<name>`` files."""
     found: dict[str, LocalCopy] = {}
     with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(layout.backup_dir()) as entries:
         for entry in entries:
@@ -118,6 +119,11 @@ def scan_local() -> dict[str, LocalCopy]:
                 if entry.name.endswith(layout.ARCHIVE_SUFFIX):
                     name = entry.name[: -len(layout.ARCHIVE_SUFFIX)]
                     found[name] = LocalCopy(layout.archive_entry(name), st.st_size, st.st_mtime, "zip")
+                elif crypto.is_encrypted_archive(entry.name):  # --age-encrypt-local: facts sealed inside
+                    name = crypto.plain_name(entry.name)[: -len(layout.ARCHIVE_SUFFIX)]
+                    if name not in found or found[name].format == "raw":
+                        found[name] = LocalCopy(f"{layout.BACKUP_DIR}/{entry.name}", st.st_size, st.st_mtime,
+                                                "zip.age")
                 elif entry.name not in found:
                     found.setdefault(entry.name, LocalCopy(layout.snapshot_entry(entry.name), st.st_size,
                                                            st.st_mtime, "raw"))
@@ -143,6 +149,8 @@ def s3_name(key: str, folder: str) -> str | None:
     base = key[len(prefix):]
     if "/" in base or base.startswith("."):
         return None
+    if crypto.is_encrypted_archive(base):
+        base = crypto.plain_name(base)
     return base[: -len(layout.ARCHIVE_SUFFIX)] if base.endswith(layout.ARCHIVE_SUFFIX) else base
 
 
@@ -161,7 +169,8 @@ def scan_s3(opts: Options, budgets: Budgets, *,
         prefix = f"{config.folder}/" if config.folder else ""
         for obj in store.list_objects(prefix, recursive=False):
             name = s3_name(obj.key, config.folder)
-            if name is not None and (name not in copies or obj.key.endswith(layout.ARCHIVE_SUFFIX)):
+            if name is not None and (name not in copies or obj.key.endswith(layout.ARCHIVE_SUFFIX)
+                                     or crypto.is_encrypted_archive(obj.key)):
                 copies[name] = S3Copy(obj.key, obj.size, obj.modified)
         for name in sorted(n for n in copies if details_for is not None and details_for(n)):
             _, metadata = store.head_metadata(copies[name].key)

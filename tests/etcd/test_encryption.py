@@ -394,3 +394,23 @@ def test_verify_restores_encrypted_snapshots(tmp_path: Path, etcd_ssl: RkeSsl, e
                                root=node, env=ENV)
         assert refused.returncode == 1 and "give its identity file" in last_line(refused.stderr), refused.stderr
     assert listing(node / "backup") == [f"{NAME}.zip.age"]  # nothing left behind
+
+
+@pytest.mark.integration
+def test_list_shows_an_encrypted_snapshot_once(tmp_path: Path, etcd_ssl: RkeSsl, etcd_server: EtcdServer,
+                                              s3_https: S3Server) -> None:
+    import json
+
+    bucket = s3_https.new_bucket()
+    node = node_root(tmp_path / "node", etcd_ssl)
+    _, public = age_keygen(node)
+    saved = run_sidekick(["rke-etcd-backup", *rke_save_argv(etcd_server.endpoint, NAME, "--once",
+                                                             "--age-encrypt-local", *s3_flags(s3_https, bucket))],
+                         root=node, env={**ENV, "SIDEKICK_AGE_RECIPIENTS": public})
+    assert saved.returncode == 0, saved.stderr
+    done = run_sidekick(["rke-etcd-backup", "etcd-backup", "list", "--output=json", *s3_flags(s3_https, bucket)],
+                        root=node, env=ENV)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["snapshots"]
+    assert [(r["name"], r["where"], r["local"]["format"]) for r in rows] == [(NAME, "both", "zip.age")]
+    assert rows[0]["s3"]["key"] == f"{NAME}.zip.age"
