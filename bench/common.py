@@ -6,6 +6,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,3 +57,48 @@ def print_table(rows: Sequence[Row]) -> None:
     print("-" * len(line))
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+class Peaks:
+    """Peak RSS of a process and, separately, of the largest of its descendants (psutil,
+    polled every 20 ms until the process ends)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.own = 0
+        self.child = 0
+        self._proc = psutil.Process(pid)
+        self._error = psutil.Error
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.own = max(self.own, self._proc.memory_info().rss)
+                for child in self._proc.children(recursive=True):
+                    try:
+                        self.child = max(self.child, child.memory_info().rss)
+                    except self._error:
+                        continue
+            except self._error:
+                return
+            time.sleep(0.02)
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+def measure(argv: Sequence[str], env: dict[str, str] | None = None,
+            timeout: float = 3600) -> tuple[float, Peaks, str, str]:
+    """Run ``argv`` to completion: (wall seconds, its peaks, stdout, stderr); non-zero exit raises."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = Peaks(proc.pid)
+    out, err = proc.communicate(timeout=timeout)
+    seconds = time.perf_counter() - start
+    peaks.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{list(argv)[:5]} failed: {err[-2000:]}")
+    return seconds, peaks, out, err

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import SIDEKICK, Row
-from bench.etcd_save import _load, _mbps, _RssPoller
+from bench.common import SIDEKICK, Row, measure
+from bench.etcd_save import _load, _mbps
 
 SIZE_MB = int(os.environ.get("BENCH_ETCD_CRYPTO_MB", "512"))
 ROUNDS = int(os.environ.get("BENCH_ETCD_CRYPTO_ROUNDS", "2"))  # plain and age alternate; best of each
@@ -34,15 +34,8 @@ NAME = "bench-crypto"
 
 def _run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one sidekick command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    poller = _RssPoller(proc.pid)
-    _, stderr = proc.communicate(timeout=3600)
-    seconds = time.perf_counter() - start
-    poller.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[3:5]} failed: {stderr[-2000:]}")
-    return seconds, poller.peak
+    seconds, peaks, _, _ = measure(argv, env)
+    return seconds, peaks.own
 
 
 def _best(figures: dict[str, tuple[float, int]], name: str, got: tuple[float, int]) -> None:

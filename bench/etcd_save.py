@@ -24,16 +24,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import requests
 
-from bench.common import SIDEKICK, Row
+from bench.common import SIDEKICK, Row, measure
 
 SIZE_MB = int(os.environ.get("BENCH_ETCD_SAVE_MB", "400"))
 VALUE_SIZE = 100_000
@@ -95,25 +93,6 @@ def _timed(argv: list[str], **kwargs: object) -> float:
 
 def _mbps(size: int, seconds: float) -> float:
     return size / 1e6 / seconds
-
-
-class _RssPoller:
-    def __init__(self, pid: int) -> None:
-        self.peak = 0
-        self._proc = psutil.Process(pid)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.peak = max(self.peak, self._proc.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.02)
-
-    def join(self) -> None:
-        self._thread.join(timeout=5)
 
 
 def _field(stderr: str, msg: str, name: str) -> float:
@@ -206,14 +185,7 @@ def run() -> list[Row]:
                 *rke_save_argv(etcd.endpoint, "bench-snap", "--once", *rke_s3_flags(s3.url, bucket))]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_"))},
                "SIDEKICK_ROOT": str(root), **rke_s3_env(ACCESS_KEY, SECRET_KEY)}
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        poller = _RssPoller(proc.pid)
-        _, stderr = proc.communicate(timeout=1800)
-        total = time.perf_counter() - start
-        poller.join()
-        if proc.returncode != 0:
-            raise RuntimeError(f"save failed: {stderr[-2000:]}")
+        total, peaks, _, stderr = measure(argv, env, timeout=1800)
         archive_mbps = _field(stderr, "archive done", "mbps")
         ratio = _field(stderr, "archive done", "ratio")
         upload_mbps = _field(stderr, "upload done", "mbps")
@@ -236,7 +208,7 @@ def run() -> list[Row]:
                 note=f"zipfile ratio {py_ratio:.3f}; Go tool on the issue: 138-155 MB/s"),
             Row("upload stage (multipart, 4 parallel parts)", upload_mbps, "MB/s", "single put_object", single_put,
                 note=f"archive {archive_size / 1e6:.0f} MB to moto over HTTP"),
-            Row("save --once with S3, peak RSS", poller.peak / 2**20, "MiB", note="goal < 100 MiB"),
+            Row("save --once with S3, peak RSS", peaks.own / 2**20, "MiB", note="goal < 100 MiB"),
             Row("save --once with S3, wall", total, "s", note=note),
         ]
         rows += _retention_rows(s3)

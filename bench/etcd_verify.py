@@ -18,56 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import zipfile
 from pathlib import Path
 
-import psutil
-
-from bench.common import SIDEKICK, Row
+from bench.common import SIDEKICK, Row, measure
 from bench.etcd_save import _load
 
 SIZE_MB = int(os.environ.get("BENCH_ETCD_VERIFY_MB", "512"))
-
-
-class Peaks:
-    """Peak RSS of a process and, separately, of the largest of its descendants."""
-
-    def __init__(self, pid: int) -> None:
-        self.own = 0
-        self.child = 0
-        self._proc = psutil.Process(pid)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.own = max(self.own, self._proc.memory_info().rss)
-                for child in self._proc.children(recursive=True):
-                    try:
-                        self.child = max(self.child, child.memory_info().rss)
-                    except psutil.Error:
-                        continue
-            except psutil.Error:
-                return
-            time.sleep(0.02)
-
-    def join(self) -> None:
-        self._thread.join(timeout=5)
-
-
-def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, Peaks, str, str]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peaks = Peaks(proc.pid)
-    out, err = proc.communicate(timeout=3600)
-    seconds = time.perf_counter() - start
-    peaks.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[:3]} failed: {err[-2000:]}")
-    return seconds, peaks, out, err
 
 
 def run() -> list[Row]:
@@ -95,13 +52,13 @@ def run() -> list[Row]:
         note = f"snapshot {size / 1e6:.0f} MB, archive {archive.stat().st_size / 1e6:.0f} MB"
         ctl_env = {"PATH": os.environ["PATH"], "ETCDCTL_API": "3"}
 
-        status_s, status_peaks, _, _ = _measure([ETCDCTL, "snapshot", "status", str(raw), "-w", "json"], ctl_env)
-        restore_s, restore_peaks, _, _ = _measure([ETCDCTL, "snapshot", "restore", str(raw),
+        status_s, status_peaks, _, _ = measure([ETCDCTL, "snapshot", "status", str(raw), "-w", "json"], ctl_env)
+        restore_s, restore_peaks, _, _ = measure([ETCDCTL, "snapshot", "restore", str(raw),
                                                 f"--data-dir={work / 'restored'}"], ctl_env)
         shutil.rmtree(work / "restored")
         raw.unlink()
 
-        verify_s, verify_peaks, _, err = _measure([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "verify",
+        verify_s, verify_peaks, _, err = measure([str(SIDEKICK), "rke-etcd-backup", "etcd-backup", "verify",
                                                 "--name", "bench-verify"], env)
         print(f"# etcd_verify: {err.strip().splitlines()[-1]}", file=sys.stderr)  # the steps' seconds
         return [
