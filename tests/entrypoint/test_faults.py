@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,27 @@ class Run:
     peak_mb: float  # the kernel's high-water mark of the process's resident memory
 
 
+# A small interpreter forks and execs the tool and reports the child's ``ru_maxrss``: the child
+# of a large process (pytest, after hundreds of tests) would count the parent's pages it
+# shared until its exec, and measure pytest rather than the tool.
+_REAPER = ("import os, sys\n"
+           "pid = os.fork()\n"
+           "if pid == 0:\n"
+           "    os.execv(sys.argv[1], sys.argv[1:])\n"
+           "_, status, usage = os.wait4(pid, 0)\n"
+           "print(usage.ru_maxrss)\n"
+           "sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)\n")
+
+
 def run_measured(argv: list[str], env: dict[str, str], tmp_path: Path) -> Run:
-    """Run to the end, reaping with ``wait4`` for the child's own peak RSS (across its exec)."""
+    """Run to the end; the peak RSS is the tool's own (see :data:`_REAPER`)."""
     err_path = tmp_path / "stderr"
     started = time.monotonic()
     with err_path.open("w") as err:
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            process.returncode = 0  # reaped above; keeps Popen from waiting again
-    return Run(os.waitstatus_to_exitcode(status), err_path.read_text(), time.monotonic() - started, usage.ru_maxrss / 1024)
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _REAPER, *argv], env=env, stdout=subprocess.PIPE,
+                              stderr=err, text=True, check=False)
+    peak_kib = int(done.stdout.strip().splitlines()[-1])
+    return Run(done.returncode, err_path.read_text(), time.monotonic() - started, peak_kib / 1024)
 
 
 def components(tmp_path: Path) -> tuple[Path, Path]:
