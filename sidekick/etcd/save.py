@@ -369,6 +369,7 @@ class Saver:
             raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'}: "
                           "no snapshot was written") from None
         self.seal(snap)
+        kept = snap.encrypted or snap.archive.path
         if self.opts.s3_backup:
             warming.join()
             try:
@@ -377,7 +378,7 @@ class Saver:
                     self.catch_up(store, snap)
             except Stopped:
                 raise Stopped(f"interrupted by {self.stop.signal_name or 'a stop request'} during the S3 upload: "
-                              f"snapshot kept locally at {layout.archive_entry(name)}; {UPLOAD_FAILED}") from None
+                              f"snapshot kept locally at {layout.BACKUP_DIR}/{kept.name}; {UPLOAD_FAILED}") from None
         self.rancher_retention(name)
         return 0
 
