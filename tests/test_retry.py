@@ -16,18 +16,7 @@ from sidekick.etcd.budgets import Budgets
 from sidekick.host.guard import Guard
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.retry import Policy
-
-
-class Recorder(StopRequest):
-    """A stop request whose waits return at once and are recorded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits: list[float] = []
-
-    def wait(self, timeout: float) -> bool:
-        self.waits.append(timeout)
-        return self.is_set()
+from tests.harness.stops import RecordingStop
 
 
 class Flaky(Exception):
@@ -38,7 +27,7 @@ def test_waits_double_to_a_cap_and_attempts_are_bounded() -> None:
     policy = Policy(attempts=5, first_wait=1, max_wait=5, budget=1000, attempt_budget=10)
     assert list(policy.waits()) == [1, 2, 4, 5]
     calls: list[float] = []
-    stop = Recorder()
+    stop = RecordingStop()
 
     def step(deadline: Deadline) -> None:
         calls.append(deadline.remaining())
@@ -68,7 +57,7 @@ def test_a_step_that_succeeds_is_not_retried() -> None:
             raise value
         return value
 
-    assert policy.run(step, what="x", stop=Recorder(), retryable=lambda e: True) == "ok"
+    assert policy.run(step, what="x", stop=RecordingStop(), retryable=lambda e: True) == "ok"
 
 
 def test_errors_that_are_not_retryable_end_at_once() -> None:
@@ -80,7 +69,7 @@ def test_errors_that_are_not_retryable_end_at_once() -> None:
         raise SidekickError("bucket b is not found")
 
     with pytest.raises(SidekickError, match="not found"):
-        policy.run(step, what="x", stop=Recorder(), retryable=lambda e: False)
+        policy.run(step, what="x", stop=RecordingStop(), retryable=lambda e: False)
     assert calls == [1]
 
 

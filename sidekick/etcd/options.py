@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from sidekick.errors import UsageError
 from sidekick.etcd.layout import ARCHIVE_SUFFIX
+from sidekick.retry import MAX_ATTEMPTS
 from sidekick.settings import number
 
 RETRY_WAIT_ENV = "SIDEKICK_RETRY_WAIT"
@@ -29,7 +30,7 @@ DEFAULT_SERVE_PORT = 2379
 DEFAULT_RETRY_WAIT = 15.0  # seconds between etcd snapshot attempts, as the original
 DEFAULT_BACKUP_RETRIES = 4
 DEFAULT_S3_RETRIES = 3
-MAX_RETRIES = 100
+MAX_RETRIES = MAX_ATTEMPTS  # a user-given retry count; beyond it, a typo
 MAX_RETRY_WAIT = 300.0
 
 
