@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from sidekick.deadline import Deadline, DeadlineExceeded
 from sidekick.errors import SidekickError
 from sidekick.etcd import layout, tlsverify, verified
@@ -48,7 +46,7 @@ from sidekick.retry import BudgetSpent, Policy
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2 << 20
+CHUNK = 1 << 20
 DEPTH = 4
 USER_AGENT = "sidekick-etcd-download"
 
@@ -134,14 +132,14 @@ class _State:
         self.writer.abort()
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        self.writer = HashingWriter(self.fd, chunk=CHUNK, depth=DEPTH)
+        self.writer = HashingWriter(self.fd, chunk=CHUNK, depth=DEPTH, direct=True)
         self.etag = self.total = self.sha256 = None
 
 
 class PeerDownload:
     """One peer download: attempts, resume, verification. ``run()`` returns the digest."""
 
-    def __init__(self, peer: Peer, dest: Path, *, roots: Sequence[x509.Certificate], context: ssl.SSLContext,
+    def __init__(self, peer: Peer, dest: Path, *, roots: Sequence[bytes], context: ssl.SSLContext,
                  budgets: Budgets, policy: Policy, stop: StopRequest) -> None:
         self.peer = peer
         self.dest = dest
@@ -160,7 +158,7 @@ class PeerDownload:
         progress = Progress(log, "download", peer=self.peer.netloc, name=self.peer.name)
         with atomic_output(self.dest, mode=0o600) as pending:
             fd = pending.file.fileno()
-            state = _State(fd, HashingWriter(fd, chunk=CHUNK, depth=DEPTH))
+            state = _State(fd, HashingWriter(fd, chunk=CHUNK, depth=DEPTH, direct=True))
             try:
                 self._attempts(state, progress)
                 digest = state.writer.finish()
@@ -215,11 +213,10 @@ class PeerDownload:
         sock = conn.sock
         assert isinstance(sock, ssl.SSLSocket)
         try:
-            leaf = tlsverify.verify_chain(tlsverify.peer_chain(sock), self.roots)
+            self._subject = tlsverify.verify_chain(tlsverify.peer_chain(sock), self.roots)
         except BaseException:
             conn.close()
             raise
-        self._subject = tlsverify.subject_of(leaf)
         sock.settimeout(self.budgets.seconds(PEER_IO))
         return conn
 

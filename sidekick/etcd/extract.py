@@ -24,7 +24,6 @@ other threads (:mod:`sidekick.etcd.stream`); memory stays a few chunks.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -48,7 +47,7 @@ from sidekick.etcd.progress import Progress
 from sidekick.etcd.stream import HashingWriter
 from sidekick.etcd.verified import Digest
 from sidekick.host.files import atomic_output, atomic_write, remove_leftovers
-from sidekick.host.signals import StopRequest, stop_on_signals
+from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
 
@@ -101,18 +100,6 @@ def check_declared(info: zipfile.ZipInfo, *, limit: int, archive: Path) -> None:
             f"{where} declares {info.file_size} bytes from {info.compress_size} compressed: "
             "a ratio deflate cannot produce (zip bomb?)"
         )
-
-
-@contextlib.contextmanager
-def stoppable() -> Iterator[StopRequest]:
-    """SIGTERM (``docker stop``) during restore-side work: the step ends, its temp files go,
-    nothing is replaced, and the last line says so."""
-    with stop_on_signals() as stop:
-        try:
-            yield stop
-        except Stopped:
-            raise SidekickError(f"stopped by {stop.signal_name or 'a stop request'} before finishing; "
-                                "nothing was replaced", exit_code=143) from None
 
 
 def check_free_space(directory: Path, needed: int) -> None:

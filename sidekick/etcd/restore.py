@@ -18,17 +18,21 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidekick.errors import UsageError
-from sidekick.etcd import crypto, layout, s3
+from sidekick.etcd import layout
 from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.download import download_from_peer
-from sidekick.etcd.extract import extract_snapshot, extract_state_file, stoppable
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.progress import Progress
+from sidekick.etcd.stopping import stoppable
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
+
+if TYPE_CHECKING:
+    from sidekick.etcd import crypto
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ DOWNLOAD_RETRIES = 4  # attempts after the first, as the original's --backup-ret
 
 def age_settings(opts: Options) -> crypto.AgeSettings:
     """The identity that decrypts ``<name>.zip.age`` (read and checked before any transfer)."""
+    from sidekick.etcd import crypto  # S3 and archive paths only: the peer download never needs it
+
     return crypto.AgeSettings.load(identity_file=opts.age_identity_file)
 
 
@@ -44,6 +50,8 @@ def age_settings(opts: Options) -> crypto.AgeSettings:
 def local_archive(name: str, age: crypto.AgeSettings, *, stop: StopRequest) -> Iterator[Path | None]:
     """``/backup/<name>.zip``, or a temporary decrypted copy of ``/backup/<name>.zip.age``
     (``--age-encrypt-local``) removed afterwards, or None when neither exists."""
+    from sidekick.etcd import crypto
+
     plain = layout.archive_path(name)
     sealed = plain.with_name(crypto.encrypted_name(plain.name))
     if plain.exists() or not sealed.exists():
@@ -56,6 +64,9 @@ def local_archive(name: str, age: crypto.AgeSettings, *, stop: StopRequest) -> I
 
 def fetch_from_s3(opts: Options, *, stop: StopRequest, extract: bool) -> Path:
     """Download the snapshot object into /backup; with ``extract``, unzip /backup/<name>."""
+    from sidekick.etcd import s3  # its imports are not the peer download's to carry
+    from sidekick.etcd.extract import extract_snapshot
+
     config = s3.S3Config.from_options(opts)
     age = age_settings(opts)
     with s3.S3Store(config, budgets=Budgets.from_options(opts), retries=DOWNLOAD_RETRIES, stop=stop) as store:
@@ -93,6 +104,8 @@ def run_extractstatefile(opts: Options) -> int:
     """``etcd-backup extractstatefile --name N [S3 flags]``: exit 0 only when the file is written."""
     if not opts.name:
         raise UsageError("--name is required: the snapshot whose state file to extract")
+    from sidekick.etcd.extract import extract_state_file
+
     with contextlib.suppress(FileNotFoundError):
         layout.state_output().unlink()  # a stale file from an earlier run must not be copied out
     with stoppable() as stop:

@@ -47,9 +47,10 @@ from typing import Any
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import crypto, layout
 from sidekick.etcd.budgets import HANDSHAKE, PEER_IO, Budgets
-from sidekick.etcd.extract import ensure_snapshot, extract_snapshot, stoppable
+from sidekick.etcd.extract import ensure_snapshot, extract_snapshot
 from sidekick.etcd.options import Options, serve_address, serve_port
 from sidekick.etcd.progress import Progress, mb_per_s
+from sidekick.etcd.stopping import stoppable
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path

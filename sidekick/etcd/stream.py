@@ -5,23 +5,33 @@ copy it into the page cache in turn. Here the producer (TLS receive, inflate) on
 buffers; one thread hashes them and another writes them, each releasing the GIL in C.
 Memory bound: at most ``depth`` chunks in flight, i.e. ``depth * chunk`` bytes
 (16 MiB at the defaults), whatever the file size.
+
+With ``direct=True`` (a download that ends in an fsync anyway) the buffers are page-aligned
+and whole, aligned chunks are written with ``O_DIRECT``: the bytes go from the buffer to the
+disk without a copy into the page cache, which costs more CPU than receiving, decrypting and
+hashing them together (measured on ext4: 512 MB buffered and fsync-ed, 1.65 s of system
+time; with ``O_DIRECT``, 0.04 s). The first write that cannot be direct (an unaligned tail or
+offset, a filesystem that refuses the flag) turns it off for the rest of the file; nothing
+else changes, and the final fsync is still the caller's.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import queue
 import threading
 from typing import Any
-
-from isal import isal_zlib
 
 from sidekick.errors import SidekickError
 from sidekick.etcd.verified import Digest
 
 DEFAULT_CHUNK = 4 << 20
 DEFAULT_DEPTH = 4
+ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in whole logical blocks
 
 _STOP = object()
 
@@ -29,7 +39,7 @@ _STOP = object()
 class _Item:
     __slots__ = ("buffer", "length", "pending")
 
-    def __init__(self, buffer: bytes | bytearray, length: int) -> None:
+    def __init__(self, buffer: bytes | bytearray | mmap.mmap, length: int) -> None:
         self.buffer = buffer
         self.length = length
         self.pending = 2  # the hasher and the writer
@@ -39,19 +49,27 @@ class HashingWriter:
     """``get_buffer()``/``submit()`` (or ``submit_bytes()``), then ``finish()`` -> :class:`Digest`.
 
     The file descriptor stays the caller's; writes are plain sequential ``os.write`` calls at
-    its current offset.
+    its current offset (its ``O_DIRECT`` flag is cleared again by :meth:`finish`/:meth:`abort`).
     """
 
     def __init__(
-        self, fd: int, *, chunk: int = DEFAULT_CHUNK, depth: int = DEFAULT_DEPTH, crc32: bool = False
+        self, fd: int, *, chunk: int = DEFAULT_CHUNK, depth: int = DEFAULT_DEPTH, crc32: bool = False,
+        direct: bool = False,
     ) -> None:
         self._fd = fd
         self.chunk = chunk
         self._sha = hashlib.sha256()
         self.size = 0
         self._slots = threading.Semaphore(depth)
-        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._crc: int | None = 0 if crc32 else None
+        self._pool: queue.SimpleQueue[bytearray | mmap.mmap] = queue.SimpleQueue()
+        self._crc: int | None = None
+        if crc32:
+            from isal import isal_zlib  # only the zip extraction checks CRC-32
+
+            self._crc32 = isal_zlib.crc32
+            self._crc = 0
+        self._offset = os.lseek(fd, 0, os.SEEK_CUR)
+        self._direct = direct and chunk % ALIGN == 0 and _set_direct(fd, True)
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._hash_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -64,16 +82,17 @@ class HashingWriter:
             thread.start()
 
     # --- producer side ---------------------------------------------------------------
-    def get_buffer(self) -> bytearray:
-        """A free ``chunk``-sized buffer to fill (blocks while ``depth`` are in flight)."""
+    def get_buffer(self) -> bytearray | mmap.mmap:
+        """A free ``chunk``-sized buffer to fill (blocks while ``depth`` are in flight);
+        page-aligned (an anonymous mapping) when writing direct."""
         self._slots.acquire()
         self._raise_pending()
         try:
             return self._pool.get_nowait()
         except queue.Empty:
-            return bytearray(self.chunk)
+            return mmap.mmap(-1, self.chunk) if self._direct else bytearray(self.chunk)
 
-    def submit(self, buffer: bytearray, length: int) -> None:
+    def submit(self, buffer: bytearray | mmap.mmap, length: int) -> None:
         """Hand over the first ``length`` bytes of a buffer from :meth:`get_buffer`."""
         if length <= 0:
             self._release(_Item(buffer, 0), done=2)
@@ -93,6 +112,7 @@ class HashingWriter:
         self._write_q.put(_STOP)
         for thread in self._threads:
             thread.join()
+        self._buffered()
         self._raise_pending()
         return Digest(self.size, self._sha.hexdigest(), self._crc)
 
@@ -105,6 +125,7 @@ class HashingWriter:
         self._write_q.put(_STOP)
         for thread in self._threads:
             thread.join()
+        self._buffered()
 
     # --- internals -------------------------------------------------------------------
     def _raise_pending(self) -> None:
@@ -126,7 +147,7 @@ class HashingWriter:
             item.pending -= done
             last = item.pending <= 0
         if last:
-            if isinstance(item.buffer, bytearray) and len(item.buffer) == self.chunk:
+            if isinstance(item.buffer, bytearray | mmap.mmap) and len(item.buffer) == self.chunk:
                 self._pool.put(item.buffer)
             self._slots.release()
 
@@ -134,12 +155,27 @@ class HashingWriter:
         view = memoryview(item.buffer)[: item.length]
         self._sha.update(view)
         if self._crc is not None:
-            self._crc = isal_zlib.crc32(view, self._crc)
+            self._crc = self._crc32(view, self._crc)
 
     def _write(self, item: _Item) -> None:
         view = memoryview(item.buffer)[: item.length]
+        if self._direct and (self._offset % ALIGN or item.length % ALIGN or not isinstance(item.buffer, mmap.mmap)):
+            self._buffered()
         while view:
-            view = view[os.write(self._fd, view) :]
+            try:
+                count = os.write(self._fd, view)
+            except OSError as err:
+                if not (self._direct and err.errno == errno.EINVAL):
+                    raise
+                self._buffered()  # the filesystem took the flag but not the write
+                continue
+            self._offset += count
+            view = view[count:]
+
+    def _buffered(self) -> None:
+        if self._direct:
+            self._direct = False
+            _set_direct(self._fd, False)
 
     def _worker(self, source: queue.SimpleQueue[Any], work: Any) -> None:
         while (item := source.get()) is not _STOP:
@@ -152,3 +188,13 @@ class HashingWriter:
                         self._error = err
             finally:
                 self._release(item)
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Set or clear ``O_DIRECT`` on ``fd``; False when the filesystem refuses it (tmpfs, ...)."""
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return True
