@@ -68,50 +68,61 @@ def load_roots(cacert: Path) -> list[bytes]:
 
 
 def verify_chain(chain_der: Sequence[bytes], roots: Sequence[bytes], *, now: float | None = None) -> str:
-    """Verify a peer's DER chain (leaf first) against ``roots`` (DER); return the leaf's subject."""
+    """Verify a peer's DER chain (leaf first) against ``roots`` (DER); return the leaf's subject.
+
+    Each root is tried on its own: OpenSSL picks one issuer per name, and a CA bundle may hold
+    two CAs of the same name (``kube-ca`` before and after a rotation).
+    """
     if not chain_der:
         raise PeerNotTrusted("the peer presented no certificate")
     lib = _libcrypto()
-    owned: list[int] = []  # every X509 parsed here, freed at the end
-    store = ctx = untrusted = None
+    certs: list[int] = []
     try:
-        certs = [_parse(lib, der, "the peer's certificate cannot be parsed") for der in chain_der]
-        owned += certs
-        leaf, subject = certs[0], _subject(lib, certs[0])
-        store = lib.X509_STORE_new()
-        untrusted = lib.OPENSSL_sk_new_null()
-        ctx = lib.X509_STORE_CTX_new()
+        for der in chain_der:
+            certs.append(_parse(lib, der, "the peer's certificate cannot be parsed"))
+        subject = _subject(lib, certs[0])
+        reasons = [_verify_with(lib, certs, root, int(time.time() if now is None else now)) for root in roots]
+        if "" not in reasons:
+            why = reasons[0] if reasons else "no CA certificate to check it against"
+            raise PeerNotTrusted(f"the peer's certificate ({subject}) is not trusted by the CA: {why}")
+        return subject
+    finally:
+        for cert in certs:
+            lib.X509_free(cert)
+
+
+def _verify_with(lib: Any, certs: Sequence[int], root_der: bytes, now: int) -> str:
+    """Why ``certs`` (leaf first) do not chain to ``root_der``, or "" when they do."""
+    root = _parse(lib, root_der, "a CA certificate cannot be parsed")
+    store = lib.X509_STORE_new()
+    untrusted = lib.OPENSSL_sk_new_null()
+    ctx = lib.X509_STORE_CTX_new()
+    try:
         if not (store and untrusted and ctx):
             raise MemoryError("OpenSSL could not allocate a verification context")
-        for der in roots:
-            root = _parse(lib, der, "a CA certificate cannot be parsed")
-            owned.append(root)
-            lib.X509_STORE_add_cert(store, root)
+        lib.X509_STORE_add_cert(store, root)
         for cert in certs[1:]:
             lib.OPENSSL_sk_push(untrusted, cert)
-        if lib.X509_STORE_CTX_init(ctx, store, leaf, untrusted) != 1:
+        if lib.X509_STORE_CTX_init(ctx, store, certs[0], untrusted) != 1:
             raise MemoryError("OpenSSL could not start a verification")
         param = lib.X509_STORE_CTX_get0_param(ctx)
         lib.X509_VERIFY_PARAM_set_depth(param, MAX_CHAIN_DEPTH)
-        lib.X509_VERIFY_PARAM_set_time(param, int(time.time() if now is None else now))
+        lib.X509_VERIFY_PARAM_set_time(param, now)
         if lib.X509_verify_cert(ctx) != 1:
-            reason = lib.X509_verify_cert_error_string(lib.X509_STORE_CTX_get_error(ctx)).decode()
-            raise PeerNotTrusted(f"the peer's certificate ({subject}) is not trusted by the CA: {reason}")
+            return str(lib.X509_verify_cert_error_string(lib.X509_STORE_CTX_get_error(ctx)).decode())
         chain = lib.X509_STORE_CTX_get0_chain(ctx)
         for i in range(1, lib.OPENSSL_sk_num(chain)):
             if lib.X509_check_ca(lib.OPENSSL_sk_value(chain, i)) != 1:
-                raise PeerNotTrusted(f"the peer's certificate ({subject}) is not trusted by the CA: an issuer "
-                                     "is not a CA (basicConstraints cA, keyCertSign)")
-        return subject
+                return "an issuer is not a CA (basicConstraints cA, keyCertSign)"
+        return ""
     finally:
         if ctx:
             lib.X509_STORE_CTX_free(ctx)
         if untrusted:
-            lib.OPENSSL_sk_free(untrusted)  # the stack only: its certificates are in ``owned``
+            lib.OPENSSL_sk_free(untrusted)  # the stack only: the certificates are the caller's
         if store:
             lib.X509_STORE_free(store)
-        for cert in owned:
-            lib.X509_free(cert)
+        lib.X509_free(root)
 
 
 def peer_chain(sock: ssl.SSLSocket) -> list[bytes]:

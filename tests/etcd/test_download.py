@@ -134,6 +134,33 @@ def test_a_broken_transfer_resumes_where_it_stopped(
     assert any(r.getMessage() == "download attempt failed, retrying" for r in caplog.records)
 
 
+def test_a_transfer_broken_at_an_odd_byte_resumes_and_verifies(
+    nodes, etcd_ssl: RkeSsl, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """The first attempt ends 100 bytes into a 1 MiB buffer: the resumed transfer continues at
+    an offset no direct write can take, and the file and its digest are still exact."""
+    _src, dst, data = nodes
+    real_chunks = serve._chunks
+    calls: list[tuple[int, int]] = []
+
+    def cut_first(source, start, length):  # type: ignore[no-untyped-def]
+        calls.append((start, length))
+        for i, view in enumerate(real_chunks(source, start, length)):
+            if len(calls) == 1 and i == 3:
+                yield view[:100]
+                return
+            yield view
+
+    monkeypatch.setattr(serve, "_chunks", cut_first)
+    with running_server(NAME, etcd_ssl.cacert, etcd_ssl.node_cert, etcd_ssl.node_key,
+                        sha256=hashlib.sha256(data).hexdigest()) as srv:
+        digest = pull(dst, srv.port, etcd_ssl, monkeypatch)
+    assert calls[1][0] % 4096 != 0  # the resume really started at an unaligned offset
+    assert (dst / "backup" / NAME).read_bytes() == data
+    assert digest.sha256 == hashlib.sha256(data).hexdigest()
+    assert no_leftovers(dst / "backup")
+
+
 def test_a_file_that_changed_between_attempts_is_fetched_again_whole(
     nodes, etcd_ssl: RkeSsl, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:

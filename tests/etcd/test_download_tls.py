@@ -123,6 +123,81 @@ def test_a_leaf_cannot_act_as_an_issuer(kube_ca: CertificateAuthority) -> None:
         tlsverify.verify_chain([forged.public_bytes(serialization.Encoding.DER), der(node)], [der(kube_ca.pair)])
 
 
+def _intermediate(kube_ca: CertificateAuthority, *, constraints: bool, key_cert_sign: bool = True) -> KeyPair:
+    """A certificate kube-ca signs, able (or not) to act as an issuer."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd-intermediate")]))
+        .issuer_name(kube_ca.pair.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign,
+                                     crl_sign=key_cert_sign, encipher_only=False, decipher_only=False),
+                       critical=True)
+    )
+    if constraints:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    return KeyPair(builder.sign(kube_ca.pair.key, hashes.SHA256()), key)
+
+
+def _leaf_of(issuer: KeyPair) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:node")]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_chain_through_an_intermediate_ca_is_accepted(kube_ca: CertificateAuthority) -> None:
+    middle = _intermediate(kube_ca, constraints=True)
+    assert tlsverify.verify_chain([_leaf_of(middle), der(middle)], [der(kube_ca.pair)]) == "CN=system:node"
+    with pytest.raises(tlsverify.PeerNotTrusted, match="unable to get local issuer certificate"):
+        tlsverify.verify_chain([_leaf_of(middle)], [der(kube_ca.pair)])  # the intermediate withheld
+
+
+@pytest.mark.parametrize(("constraints", "key_cert_sign"), [(False, True), (True, False)])
+def test_an_issuer_must_be_a_ca_that_may_sign(kube_ca: CertificateAuthority, constraints: bool,
+                                              key_cert_sign: bool) -> None:
+    """No basicConstraints (OpenSSL alone would accept keyUsage keyCertSign), or keyUsage
+    without keyCertSign: refused either way."""
+    middle = _intermediate(kube_ca, constraints=constraints, key_cert_sign=key_cert_sign)
+    with pytest.raises(tlsverify.PeerNotTrusted, match="not trusted by the CA"):
+        tlsverify.verify_chain([_leaf_of(middle), der(middle)], [der(kube_ca.pair)])
+
+
+def test_garbage_in_the_chain_is_refused_not_crashed_on(kube_ca: CertificateAuthority) -> None:
+    with pytest.raises(tlsverify.PeerNotTrusted, match="cannot be parsed"):
+        tlsverify.verify_chain([b"\x30\x03junk"], [der(kube_ca.pair)])
+
+
+def test_roots_are_every_certificate_of_the_pem_file(kube_ca: CertificateAuthority, impostor_ca: CertificateAuthority,
+                                                     tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(impostor_ca.cert_pem + b"\n" + kube_ca.cert_pem)
+    roots = tlsverify.load_roots(bundle)
+    assert roots == [der(impostor_ca.pair), der(kube_ca.pair)]
+    assert tlsverify.verify_chain([der(kube_ca.kube_node())], roots) == "O=system:nodes,CN=system:node"
+    (tmp_path / "broken.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(SidekickError, match="is not PEM: a certificate cannot be parsed"):
+        tlsverify.load_roots(tmp_path / "broken.pem")
+
+
 def test_no_certificate_at_all() -> None:
     with pytest.raises(tlsverify.PeerNotTrusted, match="presented no certificate"):
         tlsverify.verify_chain([], [])
