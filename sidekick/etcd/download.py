@@ -15,7 +15,9 @@
   need at the slowest acceptable rate once their number is known; progress lines show while
   it runs;
 - HTTP framing is ``http.client``'s; receiving, hashing and writing overlap on three threads
-  (:mod:`sidekick.etcd.stream`): memory is ``DEPTH * CHUNK`` (8 MiB) whatever the size.
+  (:mod:`sidekick.etcd.stream`): memory is ``DEPTH * CHUNK`` (4 MiB) whatever the size, and
+  whole chunks go to the disk with ``O_DIRECT`` (the file is fsync-ed before its rename
+  anyway; copying it through the page cache was the client's largest CPU cost).
 """
 
 from __future__ import annotations

@@ -42,10 +42,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import crypto, layout
+from sidekick.etcd import layout
 from sidekick.etcd.budgets import HANDSHAKE, PEER_IO, Budgets
 from sidekick.etcd.extract import ensure_snapshot, extract_snapshot
 from sidekick.etcd.options import Options, serve_address, serve_port
@@ -54,6 +54,9 @@ from sidekick.etcd.stopping import stoppable
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
+
+if TYPE_CHECKING:
+    from sidekick.etcd import crypto
 
 log = logging.getLogger(__name__)
 
@@ -512,6 +515,12 @@ def server_context(cacert: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def _age_settings(opts: Options) -> crypto.AgeSettings:
+    from sidekick.etcd import crypto
+
+    return crypto.AgeSettings.load(identity_file=opts.age_identity_file)
+
+
 def run_serve(opts: Options) -> int:
     """Prepare the file, listen, serve until SIGTERM; every failure is one last line."""
     if not opts.name:
@@ -521,16 +530,22 @@ def run_serve(opts: Options) -> int:
             raise UsageError(f"{flag} is required to serve over mutual TLS")
     address, port = serve_address(), serve_port()
     context = server_context(host_path(opts.cacert), host_path(opts.cert), host_path(opts.key))
-    age = crypto.AgeSettings.load(identity_file=opts.age_identity_file)
+    age = _age_settings(opts) if opts.age_identity_file else None  # read and checked before anything else
     with stoppable() as stop:
         archive = layout.archive_path(opts.name)
-        sealed = archive.with_name(crypto.encrypted_name(archive.name))
-        if not archive.exists() and sealed.exists():
-            # --age-encrypt-local: the snapshot comes from a decrypted copy, removed at once
-            with crypto.decrypted_copy(sealed, age.require_identities(f"snapshot {sealed.name}"), stop=stop) as copy:
-                snapshot = extract_snapshot(opts.name, copy, stop=stop)
-        else:
+        if archive.exists():
             snapshot = ensure_snapshot(opts.name, stop=stop)
+        else:
+            from sidekick.etcd import crypto  # age only where the plain archive is missing
+
+            sealed = archive.with_name(crypto.encrypted_name(archive.name))
+            if sealed.exists():
+                # --age-encrypt-local: the snapshot comes from a decrypted copy, removed at once
+                identities = (age or _age_settings(opts)).require_identities(f"snapshot {sealed.name}")
+                with crypto.decrypted_copy(sealed, identities, stop=stop) as copy:
+                    snapshot = extract_snapshot(opts.name, copy, stop=stop)
+            else:
+                snapshot = ensure_snapshot(opts.name, stop=stop)
         resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
         server = SnapshotServer(resource, context, address, port, budgets=Budgets.from_options(opts))
         log.info("serving snapshot", extra=kv(name=opts.name, address=f"{address}:{server.port}", size=resource.size,
