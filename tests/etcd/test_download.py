@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from sidekick.etcd.download import Peer, parse_content_range, repr_digest_sha256
 from sidekick.etcd.options import Options
 from sidekick.host.files import TEMP_PREFIX
 from tests.etcd.servers import captured_logs, running_server
+from tests.harness.env import clean_env
 from tests.harness.pki import RkeSsl
 from tests.harness.ports import free_port
 from tests.harness.stops import RecordingStop, fast_policy
@@ -304,3 +307,18 @@ def test_a_write_error_is_not_retried(nodes, etcd_ssl: RkeSsl, monkeypatch: pyte
         pull(dst, srv.port, etcd_ssl, monkeypatch, sleeps=sleeps)
     assert sleeps == []
     assert list((dst / "backup").iterdir()) == []
+
+
+@pytest.mark.integration
+def test_the_peer_download_loads_neither_s3_nor_zip_nor_cryptography() -> None:
+    """Its peak RSS is mostly what it imports: the S3 client, the zip machinery, age and
+    cryptography's verifier belong to other commands."""
+    heavy = ("cryptography", "boto3", "botocore", "zipfile", "isal", "pyrage", "sidekick.etcd.s3",
+             "sidekick.etcd.extract", "sidekick.etcd.crypto", "sidekick.etcd.archive")
+    code = (
+        "import sys\n"
+        "import sidekick.etcd.cli, sidekick.etcd.restore, sidekick.etcd.download\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), check=True)
+    assert out.stdout.strip() == "[]"
