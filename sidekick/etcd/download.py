@@ -14,7 +14,8 @@
   are not retried. The whole download has a total deadline, extended by the time the bytes
   need at the slowest acceptable rate once their number is known; progress lines show while
   it runs;
-- HTTP framing is ``http.client``'s; receiving, hashing and writing overlap on three threads
+- HTTP framing is ``http.client``'s, over TLS records decrypted from memory
+  (:mod:`sidekick.etcd.tlsbio`: one ``recv`` per socket-buffer-full); receiving, hashing and writing overlap on three threads
   (:mod:`sidekick.etcd.stream`): memory is ``DEPTH * CHUNK`` (4 MiB) whatever the size, and
   whole chunks go to the disk with ``O_DIRECT`` (the file is fsync-ed before its rename
   anyway; copying it through the page cache was the client's largest CPU cost).
@@ -40,6 +41,7 @@ from sidekick.etcd import layout, tlsverify, verified
 from sidekick.etcd.budgets import PEER_CONNECT, PEER_IO, Budgets
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.stream import HashingWriter
+from sidekick.etcd.tlsbio import BioHTTPSConnection, BioSocket
 from sidekick.etcd.verified import Digest
 from sidekick.host.files import atomic_output, remove_leftovers
 from sidekick.host.signals import StopRequest
@@ -199,11 +201,11 @@ class PeerDownload:
             raise SidekickError(f"failed to download snapshot {self.peer.name} from {self.peer.url} after "
                                 f"{tries}: {cause}") from None
 
-    def _connect(self) -> http.client.HTTPSConnection:
+    def _connect(self) -> BioHTTPSConnection:
         """A connection whose server chain is verified before anything is sent."""
         host = self.peer.host.strip("[]")
-        conn = http.client.HTTPSConnection(host, self.peer.port, context=self.context,
-                                           timeout=self.budgets.seconds(PEER_CONNECT))
+        conn = BioHTTPSConnection(host, self.peer.port, context=self.context,
+                                  timeout=self.budgets.seconds(PEER_CONNECT))
         try:
             conn.connect()
         except ssl.SSLError as err:
@@ -213,9 +215,9 @@ class PeerDownload:
             conn.close()
             raise Transient(f"cannot connect to {self.peer.netloc}: {err.strerror or err}") from None
         sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
+        assert isinstance(sock, BioSocket)
         try:
-            self._subject = tlsverify.verify_chain(tlsverify.peer_chain(sock), self.roots)
+            self._subject = tlsverify.verify_chain(tlsverify.peer_chain(sock.tls), self.roots)
         except BaseException:
             conn.close()
             raise

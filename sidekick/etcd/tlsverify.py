@@ -125,7 +125,7 @@ def _verify_with(lib: Any, certs: Sequence[int], root_der: bytes, now: int) -> s
         lib.X509_free(root)
 
 
-def peer_chain(sock: ssl.SSLSocket) -> list[bytes]:
+def peer_chain(sock: ssl.SSLSocket | ssl.SSLObject) -> list[bytes]:
     """The chain the peer presented, leaf first (DER)."""
     sslobj: Any = getattr(sock, "_sslobj", None)
     unverified = getattr(sslobj, "get_unverified_chain", None)  # public in Python 3.13
