@@ -92,7 +92,8 @@ def _tool(tree: Path | None) -> tuple[list[str], dict[str, str]]:
     """The command prefix (and extra env) of this checkout's tool, or of an earlier one."""
     if tree is None:
         return [str(SIDEKICK)], {}
-    return [sys.executable, "-m", "sidekick"], {"PYTHONPATH": str(tree)}
+    # -P: ``-m`` would otherwise put the working directory (this checkout) ahead of PYTHONPATH
+    return [sys.executable, "-P", "-m", "sidekick"], {"PYTHONPATH": str(tree)}
 
 
 def _baseline_tree(base: Path) -> Path | None:

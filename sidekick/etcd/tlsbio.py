@@ -5,8 +5,9 @@ Python's ``ssl`` does not expose) that is two ``recv`` calls per 16 KiB record, 
 and then its body: 130,000 system calls per GB. Here the socket is read into one reused
 :data:`RECV`-byte buffer, whatever has arrived at once, and handed to an ``ssl.SSLObject``
 through a ``MemoryBIO``; :meth:`BioSocket.recv_into` then decrypts every record that is
-complete into the caller's buffer in one call. Measured on loopback, 256 MB: 0.21 s of CPU
-with ``SSLSocket``, 0.17 s here (system time 0.11-0.13 s against 0.04-0.07 s).
+complete into the caller's buffer in one call. Measured on loopback, receiving 256 MB:
+0.21-0.22 s of CPU with ``SSLSocket``, 0.15-0.18 s here (system time 0.10-0.13 s against
+0.04-0.07 s; the copy into the BIO costs a little user time).
 
 :class:`BioSocket` offers what ``http.client`` uses of a socket (``sendall``, ``makefile``,
 ``settimeout``, ``close``), so HTTP framing is still ``http.client``'s
