@@ -42,6 +42,8 @@ class BioSocket:
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
         self._buffer = bytearray(RECV)
         self._view = memoryview(self._buffer)
+        self._readers = 0  # open makefile() readers: the socket closes with the last of them
+        self._closed = False
 
     def do_handshake(self) -> None:
         self._pump(self.tls.do_handshake)
@@ -74,6 +76,7 @@ class BioSocket:
     def makefile(self, mode: str = "rb", buffering: int | None = None) -> io.BufferedReader:
         if mode != "rb":
             raise ValueError(f"BioSocket reads only: makefile({mode!r})")
+        self._readers += 1
         return io.BufferedReader(_Reader(self), buffer_size=buffering or io.DEFAULT_BUFFER_SIZE)
 
     def settimeout(self, seconds: float | None) -> None:
@@ -83,7 +86,16 @@ class BioSocket:
         return self._raw.fileno()
 
     def close(self) -> None:
-        self._raw.close()
+        """As ``socket.close``: with a reader still open (``http.client`` hands the connection
+        to a response that says ``Connection: close``) the socket stays until that closes."""
+        self._closed = True
+        if self._readers <= 0:
+            self._raw.close()
+
+    def _reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closed and self._readers <= 0:
+            self._raw.close()
 
     # --- moving bytes between the socket and the BIOs ----------------------------------
     def _pump(self, step: Callable[[], T]) -> T:
@@ -120,6 +132,11 @@ class _Reader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock._reader_closed()
+        super().close()
 
 
 class BioHTTPSConnection(http.client.HTTPSConnection):

@@ -158,3 +158,46 @@ def test_a_silent_server_times_out(etcd_ssl: RkeSsl) -> None:
             sock.recv_into(bytearray(16))
         sock.close()
         done.set()
+
+
+def test_the_socket_outlives_its_close_while_a_reader_is_open(etcd_ssl: RkeSsl) -> None:
+    """``http.client`` closes the connection as soon as a response says ``Connection: close``
+    and reads the body through the response's file: the bytes must still come."""
+    def send(tls: ssl.SSLSocket) -> None:
+        tls.sendall(DATA[: 1 << 20])
+        tls.unwrap().close()
+
+    with tls_server(etcd_ssl, send) as port:
+        sock = connect(port, etcd_ssl)
+        reader = sock.makefile("rb")
+        sock.close()
+        assert sock.fileno() != -1
+        assert reader.read() == DATA[: 1 << 20]
+        reader.close()
+        assert sock.fileno() == -1  # closed with its last reader
+
+
+def test_a_download_from_a_server_that_closes_after_each_response(etcd_ssl: RkeSsl, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sidekick.etcd import download
+    from sidekick.etcd.budgets import Budgets
+    from tests.harness.stops import RecordingStop, fast_policy
+
+    body = DATA[: (1 << 20) + 5]
+    head = (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+            f"Repr-Digest: sha-256=:{__import__('base64').b64encode(hashlib.sha256(body).digest()).decode()}:\r\n\r\n")
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += tls.recv(4096)
+        tls.sendall(head.encode() + body)
+        tls.unwrap().close()
+
+    (tmp_path / "backup").mkdir()
+    monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path))
+    with tls_server(etcd_ssl, answer) as port:
+        digest = download.download_from_peer("snap", "127.0.0.1", cacert=etcd_ssl.cacert, cert=etcd_ssl.node_cert,
+                                             key=etcd_ssl.node_key, port=port, budgets=Budgets(),
+                                             stop=RecordingStop(), policy=fast_policy(0))
+    assert (tmp_path / "backup" / "snap").read_bytes() == body
+    assert digest.sha256 == hashlib.sha256(body).hexdigest()
