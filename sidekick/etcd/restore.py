@@ -22,7 +22,6 @@ from pathlib import Path
 from sidekick.errors import UsageError
 from sidekick.etcd import crypto, layout, s3
 from sidekick.etcd.budgets import Budgets
-from sidekick.etcd.download import download_from_peer
 from sidekick.etcd.extract import extract_snapshot, extract_state_file, stoppable
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.progress import Progress
@@ -84,6 +83,9 @@ def run_download(opts: Options) -> int:
         if opts.s3_backup:
             fetch_from_s3(opts, stop=stop, extract=True)
             return 0
+        # The peer client brings cryptography's x509 (some 10 MiB): the S3 path never loads it.
+        from sidekick.etcd.download import download_from_peer
+
         download_from_peer(opts.name, opts.local_endpoint, cacert=host_path(opts.cacert), cert=host_path(opts.cert),
                            key=host_path(opts.key), port=serve_port(), budgets=Budgets.from_options(opts), stop=stop)
     return 0

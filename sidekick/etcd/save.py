@@ -36,11 +36,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidekick import __version__
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import catchup, crypto, layout, prune, retention, s3
+from sidekick.etcd import crypto, layout, prune, retention, s3
 from sidekick.etcd.archive import ArchiveResult, EntryResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
 from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
@@ -56,16 +57,45 @@ from sidekick.etcd.s3 import (
     S3Error,
     S3Store,
 )
-from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
 from sidekick.retry import BudgetSpent
 
+if TYPE_CHECKING:
+    from sidekick.etcd.telemetry import Outcome, Telemetry
+
 log = logging.getLogger(__name__)
 
 UPLOAD_FAILED = "failed to upload etcd snapshot file"
+# botocore and the S3 models take about 0.2 s and 20 MiB to load. On a thread while etcd works
+# they cost a small snapshot no wall time; beside a large archive their memory would add to the
+# archive's buffers (whose size is that of the snapshot up to the engine's bound), so they load
+# early only for a snapshot known to be at most this large, else just before the upload.
+WARM_UP_LIMIT = 8 << 20
+
+
+def warm_up_early(snapshot_size: int | None) -> bool:
+    """Whether S3 may load beside a snapshot of ``snapshot_size`` bytes (None: not known yet)."""
+    return snapshot_size is not None and snapshot_size <= WARM_UP_LIMIT
+
+
+class WarmUp:
+    """:func:`sidekick.etcd.s3.warm_up` on a thread, started by the first size that allows it."""
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self._thread: threading.Thread | None = None
+
+    def consider(self, snapshot_size: int | None) -> None:
+        if self.enabled and self._thread is None and warm_up_early(snapshot_size):
+            self._thread = threading.Thread(target=s3.warm_up, name="s3-warm-up", daemon=True)
+            self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 @dataclass
@@ -93,6 +123,7 @@ class Saver:
     telemetry: Telemetry | None = None
     _ticks: int = 0  # rolling ticks so far (--verify-every counts them)
     age: crypto.AgeSettings = field(default_factory=crypto.AgeSettings)
+    warm: WarmUp = field(default_factory=WarmUp)
 
     def __post_init__(self) -> None:
         self.policy = prune.policy_of(self.opts)
@@ -100,6 +131,8 @@ class Saver:
     def stage(self, name: str) -> contextlib.AbstractContextManager[Outcome]:
         """Report a rolling stage to the telemetry, when it is on (a stop is no failure)."""
         if self.telemetry is None:
+            from sidekick.etcd.telemetry import Outcome
+
             return contextlib.nullcontext(Outcome())
         return self.telemetry.stage(name, ignore=(Stopped,))
 
@@ -158,7 +191,9 @@ class Saver:
         try:
             progress = Progress(log, "etcd snapshot", interval=self.progress_interval, name=name)
             ctl.snapshot_save(raw, stop=self.stop, progress=progress)
-            progress.finish(size=raw.stat().st_size)
+            size = raw.stat().st_size
+            progress.finish(size=size)
+            self.warm.consider(size)
             status = verify_snapshot(ctl, raw)
             return self._archive(name, raw, status, self._key_count(ctl, status))
         finally:
@@ -276,6 +311,8 @@ class Saver:
             store.close()
 
     def upload(self, store: S3Store, snap: Snapshot) -> None:
+        from sidekick.etcd import catchup
+
         filename = snap.archive.path.name
         if self.age.encrypts:
             filename = crypto.encrypted_name(filename)  # <name>.zip.age: never taken for a zip
@@ -310,6 +347,8 @@ class Saver:
         run's own snapshot is already safe in the bucket)."""
         if not self.opts.s3_catch_up:
             return
+        from sidekick.etcd import catchup
+
         try:
             catchup.catch_up(store, self.backup_dir, limit=self.opts.s3_catch_up,
                              skip=(snap.encrypted or snap.archive.path).name, age=self.age)
@@ -360,9 +399,7 @@ class Saver:
     def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
-        warming = threading.Thread(target=s3.warm_up, name="s3-warm-up", daemon=True)
-        if self.opts.s3_backup:
-            warming.start()  # boto3 loads while etcdctl works
+        self.warm.consider(layout.last_snapshot_size(self.backup_dir))  # a node's snapshots keep their size
         try:
             snap = self.take_snapshot(name)
         except Stopped:
@@ -371,7 +408,7 @@ class Saver:
         self.seal(snap)
         kept = snap.encrypted or snap.archive.path
         if self.opts.s3_backup:
-            warming.join()
+            self.warm.join()
             try:
                 with self.s3() as store:
                     self.upload(store, snap)
@@ -508,9 +545,14 @@ def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     if opts.s3_backup:
         S3Config.from_options(opts)  # bad S3 settings (files, SSE, checksum): one line before any snapshot
     prepare_backup_dir()
-    telemetry = None if opts.once else Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
+    telemetry = None
+    if not opts.once:
+        from sidekick.etcd.telemetry import Telemetry
+
+        telemetry = Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
     with stop_on_signals() as stop, telemetry or contextlib.nullcontext():
-        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age)
+        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age,
+                      warm=WarmUp(opts.once and opts.s3_backup))
         if telemetry is not None:
             telemetry.start()
         saver.clean_leftovers()
