@@ -6,7 +6,8 @@ Measured in the same run, on a real etcd and moto S3 (HTTP):
   (7) runs interleaved with its baselines: a bare ``python -c pass`` of the same interpreter
   (and ``site``) and ``etcdctl snapshot save`` of the same database;
 - on that path, the etcdctl processes (through a logging ``etcdctl`` first on PATH) and the
-  modules imported (``PYTHONPROFILEIMPORTTIME``), in a separate untimed run;
+  modules imported (``PYTHONPROFILEIMPORTTIME``: what import statements load, so the command
+  module the CLI loads with ``importlib.import_module`` is not counted), in an untimed run;
 - the tool's own peak RSS (children not counted) for ``save --once`` without S3, with S3, and
   ``download --s3-backup`` of a ``BENCH_FOOTPRINT_MB`` (64) MB database of Kubernetes-like
   JSON, against the floors: ``python -c pass``, and an interpreter that imported boto3 and
