@@ -25,6 +25,7 @@ from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.extract import extract_snapshot, extract_state_file, stoppable
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.progress import Progress
+from sidekick.host.memory import bound_malloc
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
@@ -73,6 +74,7 @@ def fetch_from_s3(opts: Options, *, stop: StopRequest, extract: bool) -> Path:
 def run_download(opts: Options) -> int:
     if not opts.name:
         raise UsageError("--name is required: the snapshot to download")
+    bound_malloc()
     if not opts.s3_backup:
         if not opts.local_endpoint:
             raise UsageError("give --local-endpoint (the serving peer) or --s3-backup")
@@ -95,6 +97,7 @@ def run_extractstatefile(opts: Options) -> int:
     """``etcd-backup extractstatefile --name N [S3 flags]``: exit 0 only when the file is written."""
     if not opts.name:
         raise UsageError("--name is required: the snapshot whose state file to extract")
+    bound_malloc()
     with contextlib.suppress(FileNotFoundError):
         layout.state_output().unlink()  # a stale file from an earlier run must not be copied out
     with stoppable() as stop:

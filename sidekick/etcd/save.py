@@ -58,6 +58,7 @@ from sidekick.etcd.s3 import (
     S3Store,
 )
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
+from sidekick.host.memory import bound_malloc
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
@@ -540,6 +541,7 @@ def prepare_backup_dir() -> Path:
 
 def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     _validate(opts)
+    bound_malloc()
     age = crypto.AgeSettings.load(recipients=opts.age_recipient, recipients_file=opts.age_recipients_file,
                                   encrypt_local=opts.age_encrypt_local)
     if opts.s3_backup:
