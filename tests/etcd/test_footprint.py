@@ -8,12 +8,14 @@ statement loads (a module loaded by ``importlib.import_module`` is not listed, i
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from sidekick.etcd.save import WARM_UP_LIMIT, warm_up_early
+from sidekick.host.memory import bound_malloc
 from tests.conftest import last_line, run_sidekick
 from tests.harness.etcd import EtcdServer
 from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags, rke_save_argv
@@ -36,6 +38,10 @@ def test_s3_loads_beside_a_snapshot_only_when_it_is_known_small() -> None:
     assert not warm_up_early(None)  # the first snapshot of a node: not known yet
     assert warm_up_early(0) and warm_up_early(WARM_UP_LIMIT)
     assert not warm_up_early(WARM_UP_LIMIT + 1)
+
+
+def test_malloc_bounds_apply_where_glibc_is_the_allocator() -> None:
+    assert bound_malloc() == (platform.libc_ver()[0] == "glibc")
 
 
 @pytest.mark.integration
