@@ -400,7 +400,6 @@ class Saver:
     def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
-        self.warm.consider(layout.last_snapshot_size(self.backup_dir))  # a node's snapshots keep their size
         try:
             snap = self.take_snapshot(name)
         except Stopped:
@@ -541,12 +540,14 @@ def prepare_backup_dir() -> Path:
 
 def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     _validate(opts)
-    bound_malloc()
+    bound_malloc()  # before any thread allocates
     age = crypto.AgeSettings.load(recipients=opts.age_recipient, recipients_file=opts.age_recipients_file,
                                   encrypt_local=opts.age_encrypt_local)
     if opts.s3_backup:
         S3Config.from_options(opts)  # bad S3 settings (files, SSE, checksum): one line before any snapshot
-    prepare_backup_dir()
+    directory = prepare_backup_dir()
+    warm = WarmUp(opts.once and opts.s3_backup)
+    warm.consider(layout.last_snapshot_size(directory))  # a node's snapshots keep their size
     telemetry = None
     if not opts.once:
         from sidekick.etcd.telemetry import Telemetry
@@ -554,7 +555,7 @@ def run_save(opts: Options, *, runner: Runner | None = None) -> int:
         telemetry = Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
     with stop_on_signals() as stop, telemetry or contextlib.nullcontext():
         saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age,
-                      warm=WarmUp(opts.once and opts.s3_backup))
+                      warm=warm)
         if telemetry is not None:
             telemetry.start()
         saver.clean_leftovers()
