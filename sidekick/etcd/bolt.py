@@ -15,8 +15,8 @@ walk is also a structural check in the spirit of bbolt's ``tx.Check``: a valid m
 one with the higher transaction id among the two whose magic, version and FNV-64a checksum
 hold), page ids inside the file and below the high-water mark, each page (overflow included)
 reached at most once, branch and leaf flags where the tree needs them, element offsets inside
-their page, and, when the file carries a freelist, every page either reached or free. A file
-that fails gives :class:`~sidekick.etcd.etcdctl.EtcdError` with one line
+their page. (etcd 3.4 and later write no freelist, ``NoFreelistSync``: free pages are those
+no tree reaches; a freelist that an older etcd wrote is not read.) A file that fails gives :class:`~sidekick.etcd.etcdctl.EtcdError` with one line
 (``snapshot check failed: ...``).
 
 Memory: the pages on the path from a bucket's root to the current leaf (tree depth times the
@@ -48,11 +48,10 @@ _LEAF = struct.Struct("<IIII")  # flags, pos, key size, value size
 _BUCKET = struct.Struct("<QQ")  # root page id (0: inline), sequence
 _HEADER = _PAGE.size
 _ELEMENT = 16
-_BRANCH_PAGE, _LEAF_PAGE, _META_PAGE, _FREELIST_PAGE = 0x01, 0x02, 0x04, 0x10
+_BRANCH_PAGE, _LEAF_PAGE, _META_PAGE = 0x01, 0x02, 0x04
 _BUCKET_LEAF = 0x01
 _MAGIC = 0xED0CDAED
 _VERSION = 2
-_NO_FREELIST = 0xFFFFFFFFFFFFFFFF
 _PAGE_SIZES = (4096, 8192, 16384, 32768, 65536, 1024, 2048, 512)
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 _KEY_BUCKET = b"key"
@@ -88,7 +87,6 @@ def fnv64a(data: bytes) -> int:
 class Meta:
     page_size: int
     root: int
-    freelist: int
     high_water: int  # pages in use: the file's db part is high_water * page_size bytes
     txid: int
 
@@ -98,13 +96,13 @@ def parse_meta(page: bytes) -> Meta | None:
     if len(page) < _HEADER + _META.size + _CHECKSUM.size:
         return None
     _, flags, _, _ = _PAGE.unpack_from(page)
-    magic, version, page_size, _, root, _, freelist, pgid, txid = _META.unpack_from(page, _HEADER)
+    magic, version, page_size, _, root, _, _, pgid, txid = _META.unpack_from(page, _HEADER)
     (checksum,) = _CHECKSUM.unpack_from(page, _HEADER + _META.size)
     if magic != _MAGIC or version != _VERSION or not flags & _META_PAGE:
         return None
     if fnv64a(page[_HEADER:_HEADER + _META.size]) != checksum:
         return None
-    return Meta(page_size, root, freelist, pgid, txid)
+    return Meta(page_size, root, pgid, txid)
 
 
 class _Reader:
@@ -208,28 +206,6 @@ class _Reader:
         else:
             self.tree(root, leaf, what=what)
 
-    def freelist(self) -> list[int]:
-        page, _, count = self.page(self.meta.freelist, _FREELIST_PAGE, what="the meta page's freelist")
-        start = _HEADER
-        if count == 0xFFFF:  # the real count is the first element
-            (count,) = struct.unpack_from("<Q", page, _HEADER)
-            start += 8
-        if start + 8 * count > len(page):
-            raise _Corrupt(f"the freelist (page {self.meta.freelist}) lists {count} pages past its end")
-        return list(struct.unpack_from(f"<{count}Q", page, start))
-
-    def check_space(self, free: list[int]) -> None:
-        """With a freelist on disk, every page is reached once or free, never both (tx.Check)."""
-        for pgid in free:
-            if not 2 <= pgid < self.meta.high_water:
-                raise _Corrupt(f"the freelist lists page {pgid}, outside pages 2..{self.meta.high_water - 1}")
-            if self.reached[pgid]:
-                raise _Corrupt(f"page {pgid} is both in use and free")
-            self.reached[pgid] = 1
-        missing = self.reached.find(0)
-        if missing >= 0:
-            raise _Corrupt(f"page {missing} is neither reached nor free")
-
 
 def _ignore(key: bytes, value: bytes, is_bucket: bool) -> None:
     return None
@@ -289,8 +265,6 @@ def read_status(fd: int, db_size: int, checkpoint: Callable[[], None] | None = N
             top(name, value, is_bucket)
 
     reader.tree(reader.meta.root, root_leaf, what="the root bucket")
-    if reader.meta.freelist != _NO_FREELIST:
-        reader.check_space(reader.freelist())
     return Status(revision, total, crc, reader.meta.high_water * reader.page_size)
 
 
