@@ -30,9 +30,10 @@ import where google-crc32c costs 3 ms and 1.3 MiB).
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +154,8 @@ class _Reader:
         if not 2 <= pgid < self.meta.high_water:
             raise _Corrupt(f"{what} points to page {pgid}, outside pages 2..{self.meta.high_water - 1}")
         offset = pgid * self.page_size
-        head = self._pread(_HEADER, offset)
-        stored, flags, count, overflow = _PAGE.unpack(head)
+        page = self._pread(self.page_size, offset)
+        stored, flags, count, overflow = _PAGE.unpack_from(page)
         if stored != pgid:
             raise _Corrupt(f"page {pgid} says it is page {stored}")
         if not flags & expect:
@@ -162,13 +163,15 @@ class _Reader:
         last = pgid + overflow
         if last >= self.meta.high_water:
             raise _Corrupt(f"page {pgid} runs {overflow} pages past the high-water mark {self.meta.high_water}")
-        if any(self.reached[pgid:last + 1]):
+        if self.reached[pgid] or (overflow and any(self.reached[pgid:last + 1])):
             raise _Corrupt(f"page {pgid} (with {overflow} overflow pages) is reached twice")
         self.reached[pgid:last + 1] = b"\x01" * (overflow + 1)
         self.pages += 1
         if self.checkpoint is not None and self.pages % _CHECKPOINT_PAGES == 0:
             self.checkpoint()
-        return head + self._pread((overflow + 1) * self.page_size - _HEADER, offset + _HEADER), flags, count
+        if overflow:
+            page += self._pread(overflow * self.page_size, offset + self.page_size)
+        return page, flags, count
 
     # --- trees ---------------------------------------------------------------------------
     def tree(self, root: int, on_leaf: Callable[[bytes, int, int], None], *, what: str) -> None:
@@ -183,18 +186,12 @@ class _Reader:
         for child in children:
             self.tree(child, on_leaf, what=f"a branch of page {root}")
 
-    def bucket(self, value: bytes, on_entry: Callable[[bytes, bytes, bool], None], *, what: str) -> None:
-        """Every entry of the bucket whose header is ``value``: ``on_entry(key, value, is_bucket)``."""
+    def bucket(self, value: bytes, on_leaf: Callable[[bytes, int, int], None], *, what: str) -> None:
+        """``on_leaf(page, count, pgid)`` for each leaf of the bucket whose header is ``value``
+        (an inline bucket's page comes with pgid 0)."""
         if len(value) < _BUCKET.size:
             raise _Corrupt(f"{what}: a bucket value of {len(value)} bytes")
         root, _ = _BUCKET.unpack_from(value)
-
-        def leaf(page: bytes, count: int, pgid: int) -> None:
-            for key, data, is_bucket in _leaf_entries(page, count, pgid):
-                on_entry(key, data, is_bucket)
-                if is_bucket:  # etcd keeps none; walked so its pages count as reached
-                    self.bucket(data, _ignore, what=f"a bucket nested in {what}")
-
         if root == 0:
             inline = value[_BUCKET.size:]
             if len(inline) < _HEADER:
@@ -202,13 +199,20 @@ class _Reader:
             _, flags, count, _ = _PAGE.unpack_from(inline)
             if not flags & _LEAF_PAGE:
                 raise _Corrupt(f"{what}: an inline bucket with flags {flags:#x}")
-            leaf(inline, count, 0)
+            on_leaf(inline, count, 0)
         else:
-            self.tree(root, leaf, what=what)
+            self.tree(root, on_leaf, what=what)
 
+    def nested(self, value: bytes, *, what: str) -> None:
+        """A bucket inside a bucket: etcd keeps none and ``snapshot status`` counts only its
+        key; its pages are walked all the same, so they count as reached."""
 
-def _ignore(key: bytes, value: bytes, is_bucket: bool) -> None:
-    return None
+        def leaf(page: bytes, count: int, pgid: int) -> None:
+            for _, data, is_bucket in _leaf_entries(page, count, pgid):
+                if is_bucket:
+                    self.nested(data, what=f"a bucket nested in {what}")
+
+        self.bucket(value, leaf, what=what)
 
 
 def _check_elements(page: bytes, count: int, pgid: int) -> None:
@@ -216,19 +220,34 @@ def _check_elements(page: bytes, count: int, pgid: int) -> None:
         raise _Corrupt(f"page {pgid} claims {count} elements, more than it holds")
 
 
-def _leaf_entries(page: bytes, count: int, pgid: int) -> list[tuple[bytes, bytes, bool]]:
+def _span(page: bytes, count: int, pgid: int) -> tuple[int, int, int, int] | None:
+    """Where a leaf page's keys and values lie back to back in element order, as bbolt writes
+    them: (start, end, start of the last key, its size); None when they do not (or an element
+    is a bucket), and the page is then read element by element. One CRC call per page instead
+    of two per element; the loops here run in C."""
+    _check_elements(page, count, pgid)
+    if count == 0:
+        return None
+    fields = struct.unpack_from(f"<{4 * count}I", page, _HEADER)
+    if any(fields[0::4]):
+        return None
+    starts = list(map(operator.add, fields[1::4], range(_HEADER, _HEADER + count * _ELEMENT, _ELEMENT)))
+    ends = list(map(operator.add, starts, map(operator.add, fields[2::4], fields[3::4])))
+    if starts[1:] != ends[:-1] or starts[0] < _HEADER + count * _ELEMENT or ends[-1] > len(page):
+        return None
+    return starts[0], ends[-1], starts[-1], fields[-2]
+
+
+def _leaf_entries(page: bytes, count: int, pgid: int) -> Iterator[tuple[bytes, bytes, bool]]:
+    """(key, value, is a bucket) of each element of a leaf page, in order, one at a time."""
     _check_elements(page, count, pgid)
     end = len(page)
-    out = []
-    view = memoryview(page)
-    for i, (flags, pos, ksize, vsize) in enumerate(
-            _LEAF.iter_unpack(view[_HEADER:_HEADER + count * _ELEMENT])):
+    elements = memoryview(page)[_HEADER:_HEADER + count * _ELEMENT]
+    for i, (flags, pos, ksize, vsize) in enumerate(_LEAF.iter_unpack(elements)):
         start = _HEADER + i * _ELEMENT + pos
         if start + ksize + vsize > end:
             raise _Corrupt(f"page {pgid} element {i} points past the end of its page")
-        out.append((page[start:start + ksize], page[start + ksize:start + ksize + vsize],
-                    bool(flags & _BUCKET_LEAF)))
-    return out
+        yield page[start:start + ksize], page[start + ksize:start + ksize + vsize], bool(flags & _BUCKET_LEAF)
 
 
 def read_status(fd: int, db_size: int, checkpoint: Callable[[], None] | None = None) -> Status:
@@ -244,17 +263,28 @@ def read_status(fd: int, db_size: int, checkpoint: Callable[[], None] | None = N
         if not is_bucket:
             raise _Corrupt(f"top-level key {name!r} is not a bucket")
         crc = crc32c_extend(crc, name)
+        what = f"bucket {name.decode(errors='replace')}"
         last = [b""]
 
-        def entry(key: bytes, data: bytes, nested: bool) -> None:
+        def leaf(page: bytes, count: int, pgid: int) -> None:
             nonlocal crc, total
-            crc = crc32c_extend(crc, key)
-            if not nested:
-                crc = crc32c_extend(crc, data)
-            total += 1
-            last[0] = key
+            span = _span(page, count, pgid)
+            if span is not None:
+                start, end, last_key, key_size = span
+                crc = crc32c_extend(crc, page[start:end])
+                total += count
+                last[0] = page[last_key:last_key + key_size]
+                return
+            for key, data, nested in _leaf_entries(page, count, pgid):
+                crc = crc32c_extend(crc, key)
+                if nested:
+                    reader.nested(data, what=f"a bucket nested in {what}")
+                else:
+                    crc = crc32c_extend(crc, data)
+                total += 1
+                last[0] = key
 
-        reader.bucket(value, entry, what=f"bucket {name.decode(errors='replace')}")
+        reader.bucket(value, leaf, what=what)
         if name == _KEY_BUCKET and last[0]:
             if len(last[0]) < _REVISION_BYTES:
                 raise _Corrupt(f"the last key of bucket key has {len(last[0])} bytes, not a revision")
