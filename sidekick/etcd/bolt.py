@@ -56,6 +56,10 @@ _VERSION = 2
 _PAGE_SIZES = (4096, 8192, 16384, 32768, 65536, 1024, 2048, 512)
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 _KEY_BUCKET = b"key"
+# bbolt's trees are a few levels deep (fan-out of tens to hundreds, at least 2); deeper means
+# a damaged file. Both bounds keep the walk's recursion far from Python's limit.
+_MAX_DEPTH = 32
+_MAX_NESTING = 8
 _CHECKPOINT_PAGES = 1024  # a stop request is honoured within this many pages
 _REVISION_BYTES = 8
 
@@ -174,8 +178,10 @@ class _Reader:
         return page, flags, count
 
     # --- trees ---------------------------------------------------------------------------
-    def tree(self, root: int, on_leaf: Callable[[bytes, int, int], None], *, what: str) -> None:
+    def tree(self, root: int, on_leaf: Callable[[bytes, int, int], None], *, what: str, depth: int = 0) -> None:
         """Call ``on_leaf(page, count, pgid)`` for each leaf of the tree at ``root``, in key order."""
+        if depth > _MAX_DEPTH:
+            raise _Corrupt(f"{what}: a tree deeper than {_MAX_DEPTH} levels")
         page, flags, count = self.page(root, _BRANCH_PAGE | _LEAF_PAGE, what=what)
         if flags & _LEAF_PAGE:
             on_leaf(page, count, root)
@@ -184,7 +190,7 @@ class _Reader:
         children = [_BRANCH.unpack_from(page, _HEADER + i * _ELEMENT)[2] for i in range(count)]
         del page
         for child in children:
-            self.tree(child, on_leaf, what=f"a branch of page {root}")
+            self.tree(child, on_leaf, what=f"a branch of page {root}", depth=depth + 1)
 
     def bucket(self, value: bytes, on_leaf: Callable[[bytes, int, int], None], *, what: str) -> None:
         """``on_leaf(page, count, pgid)`` for each leaf of the bucket whose header is ``value``
@@ -203,14 +209,16 @@ class _Reader:
         else:
             self.tree(root, on_leaf, what=what)
 
-    def nested(self, value: bytes, *, what: str) -> None:
+    def nested(self, value: bytes, *, what: str, depth: int = 1) -> None:
         """A bucket inside a bucket: etcd keeps none and ``snapshot status`` counts only its
         key; its pages are walked all the same, so they count as reached."""
+        if depth > _MAX_NESTING:
+            raise _Corrupt(f"{what}: buckets nested deeper than {_MAX_NESTING} levels")
 
         def leaf(page: bytes, count: int, pgid: int) -> None:
             for _, data, is_bucket in _leaf_entries(page, count, pgid):
                 if is_bucket:
-                    self.nested(data, what=f"a bucket nested in {what}")
+                    self.nested(data, what=f"a bucket nested in {what}", depth=depth + 1)
 
         self.bucket(value, leaf, what=what)
 

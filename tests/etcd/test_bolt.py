@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -208,7 +209,8 @@ def test_any_damaged_header_or_element_is_one_clear_error(snapshots: dict[str, P
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("where", ["meta 0", "both metas", "root page id", "a child page id", "truncated"])
+@pytest.mark.parametrize("where", ["meta 0", "both metas", "root page id", "a child page id", "a chain of branches",
+                                   "truncated"])
 def test_damaged_structure(snapshots: dict[str, Path], tmp_path: Path, where: str) -> None:
     source = snapshots["many small keys"]
     data = bytearray(source.read_bytes())
@@ -224,6 +226,7 @@ def test_damaged_structure(snapshots: dict[str, Path], tmp_path: Path, where: st
         "both metas": "no valid meta page",
         "root page id": "points to page",
         "a child page id": "",
+        "a chain of branches": "a tree deeper than 32 levels",
         "truncated": "the meta page claims",
     }[where]
     if where == "both metas":
@@ -240,6 +243,14 @@ def test_damaged_structure(snapshots: dict[str, Path], tmp_path: Path, where: st
         struct.pack_into("<Q", data, branch + 16 + 16 + 8, first)
         expected = f"page {first} (with"
         assert second != first
+    elif where == "a chain of branches":  # 40 pages rewritten as branches of one child each
+        key_root = bucket_root(bytes(data), root * page_size, b"key")
+        high_water = struct.unpack_from("<Q", data, 56)[0]
+        chain = [p for p in range(high_water - 50, high_water) if p not in (root, key_root)][:40]
+        struct.pack_into("<Q", data, key_root * page_size + 16 + 8, chain[0])
+        for pgid, child in itertools.pairwise(chain):
+            PAGE.pack_into(data, pgid * page_size, pgid, BRANCH, 1, 0)
+            struct.pack_into("<IIQ", data, pgid * page_size + 16, 16, 0, child)
     else:
         data = data[:len(data) // 2]
     path.write_bytes(bytes(data))
