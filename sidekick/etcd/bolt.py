@@ -173,8 +173,8 @@ class _Reader:
         self.pages += 1
         if self.checkpoint is not None and self.pages % _CHECKPOINT_PAGES == 0:
             self.checkpoint()
-        if overflow:
-            page += self._pread(overflow * self.page_size, offset + self.page_size)
+        if overflow:  # read again whole rather than joined: one copy of a large page, not two
+            page = self._pread((overflow + 1) * self.page_size, offset)
         return page, flags, count
 
     # --- trees ---------------------------------------------------------------------------
