@@ -15,9 +15,10 @@ walk is also a structural check in the spirit of bbolt's ``tx.Check``: a valid m
 one with the higher transaction id among the two whose magic, version and FNV-64a checksum
 hold), page ids inside the file and below the high-water mark, each page (overflow included)
 reached at most once, branch and leaf flags where the tree needs them, element offsets inside
-their page. (etcd 3.4 and later write no freelist, ``NoFreelistSync``: free pages are those
-no tree reaches; a freelist that an older etcd wrote is not read.) A file that fails gives :class:`~sidekick.etcd.etcdctl.EtcdError` with one line
-(``snapshot check failed: ...``).
+their page, trees of a sane depth. (etcd 3.4 and later write no freelist, ``NoFreelistSync``:
+free pages are those no tree reaches; a freelist that an older etcd wrote is not read.) A file
+that fails gives :class:`~sidekick.etcd.etcdctl.EtcdError` with one line (``snapshot check
+failed: ...``).
 
 Memory: the pages on the path from a bucket's root to the current leaf (tree depth times the
 page size, a leaf with overflow pages being as large as the values it holds) plus one byte per
@@ -315,6 +316,6 @@ def status(path: Path, checkpoint: Callable[[], None] | None = None) -> Status:
             db_size = size - HASH_SIZE if has_hash_trailer(size) else size
             return read_status(source.fileno(), db_size, checkpoint)
     except _Corrupt as err:
-        raise EtcdError(f"snapshot check failed: {path.name}: {err}") from None
+        raise EtcdError(f"snapshot check failed: {err}") from None
     except OSError as err:
-        raise EtcdError(f"snapshot check failed: cannot read {path.name}: {err.strerror or err}") from None
+        raise EtcdError(f"snapshot check failed: cannot read the snapshot: {err.strerror or err}") from None

@@ -201,7 +201,7 @@ def test_any_damaged_header_or_element_is_one_clear_error(snapshots: dict[str, P
                 bolt.status(path)
             except EtcdError as err:
                 message = str(err)
-                assert message.startswith("snapshot check failed: damaged.db: ") and "\n" not in message
+                assert message.startswith("snapshot check failed: ") and "\n" not in message
                 failed += 1
             finally:
                 os.pwrite(damage.fileno(), original, offset)
@@ -256,16 +256,17 @@ def test_damaged_structure(snapshots: dict[str, Path], tmp_path: Path, where: st
     path.write_bytes(bytes(data))
     with pytest.raises(EtcdError) as caught:
         bolt.status(path)
-    assert str(caught.value).startswith("snapshot check failed: snap.db: ") and expected in str(caught.value)
+    assert str(caught.value).startswith("snapshot check failed: ") and expected in str(caught.value)
 
 
-@pytest.mark.integration
 def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "noise.db"
     for content in (b"", b"x" * 100, os.urandom(512 * 64)):
-        path = tmp_path / "noise.db"
         path.write_bytes(content)
-        with pytest.raises(EtcdError, match=r"snapshot check failed: noise\.db: "):
+        with pytest.raises(EtcdError, match=r"^snapshot check failed: "):
             bolt.status(path)
+    with pytest.raises(EtcdError, match=r"^snapshot check failed: cannot read the snapshot: [Nn]o such file"):
+        bolt.status(tmp_path / "missing.db")
 
 
 # --- the hash trailer, from the archive's own pass ------------------------------------------
