@@ -187,6 +187,8 @@ def _write_entry(
         following = source.read(chunk_size) if pending else b""
         last = not following
         inflight.append(pool.submit(_deflate_piece, pending, previous_tail, last, level))
+        if hashing is not None:
+            hashing.result()  # one piece queued for the digests at most, however slow they run
         hashing = hasher.submit(digests.update, pending)
         size += len(pending)
         previous_tail = pending[-_WINDOW:]
