@@ -69,6 +69,10 @@ class EntryResult:
     dos_time: int = 0
     dos_date: int = 0
     zip64: bool = False
+    # For etcd's hash trailer, checked in this same pass: the SHA-256 of all bytes but the last
+    # TAIL (None when the entry is shorter, or its size changed while it was read) and those bytes.
+    head_sha256: bytes | None = None
+    tail: bytes = b""
 
 
 @dataclass
@@ -115,16 +119,36 @@ def _deflate_piece(data: bytes, zdict: bytes, last: bool, level: int) -> bytes:
     return head + (comp.flush(isal_zlib.Z_FINISH) if last else comp.flush(isal_zlib.Z_SYNC_FLUSH))
 
 
-class _Digests:
-    """CRC-32 and SHA-256 of the input, updated in order by one thread."""
+TAIL = 32  # etcd appends a SHA-256 to a snapshot
 
-    def __init__(self) -> None:
+
+class _Digests:
+    """CRC-32 and SHA-256 of the input, updated in order by one thread; on the way, a copy of
+    the SHA-256 taken ``TAIL`` bytes before the expected end, and the last ``TAIL`` bytes."""
+
+    def __init__(self, expected_size: int) -> None:
         self.crc = 0
         self.sha = hashlib.sha256()
+        self.split = expected_size - TAIL
+        self.seen = 0
+        self.head: bytes | None = None
+        self.tail = b""
 
     def update(self, data: bytes) -> None:
         self.crc = isal_zlib.crc32(data, self.crc)
-        self.sha.update(data)
+        cut = self.split - self.seen
+        if 0 <= cut <= len(data) and self.split >= 0:
+            view = memoryview(data)
+            self.sha.update(view[:cut])
+            self.head = self.sha.copy().digest()
+            self.sha.update(view[cut:])
+        else:
+            self.sha.update(data)
+        self.seen += len(data)
+        self.tail = (self.tail + data[-TAIL:])[-TAIL:]
+
+    def head_sha256(self) -> bytes | None:
+        return self.head if self.seen == self.split + TAIL else None
 
 
 def _write_entry(
@@ -153,7 +177,7 @@ def _write_entry(
     )
     writer.write(encoded + extra)
 
-    digests = _Digests()
+    digests = _Digests(size_hint)
     inflight: collections.deque[Future[bytes]] = collections.deque()
     hashing: Future[None] | None = None
     size = compressed = 0
@@ -163,6 +187,8 @@ def _write_entry(
         following = source.read(chunk_size) if pending else b""
         last = not following
         inflight.append(pool.submit(_deflate_piece, pending, previous_tail, last, level))
+        if hashing is not None:
+            hashing.result()  # one piece queued for the digests at most, however slow they run
         hashing = hasher.submit(digests.update, pending)
         size += len(pending)
         previous_tail = pending[-_WINDOW:]
@@ -185,7 +211,7 @@ def _write_entry(
             raise OSError(f"{name}: grew past 4 GiB while being archived")
         writer.write(struct.pack("<IIII", 0x08074B50, digests.crc, compressed, size))
     return EntryResult(name, size, compressed, digests.crc, digests.sha.hexdigest(), offset,
-                       dos_time, dos_date, zip64)
+                       dos_time, dos_date, zip64, digests.head_sha256(), digests.tail)
 
 
 def _central_directory(writer: _HashingWriter, entries: Sequence[EntryResult], comment: bytes) -> None:

@@ -3,8 +3,10 @@
 A snapshot, step by step (CONTRACT 3.1, 3.2, 3.11):
 
 1. ``etcdctl endpoint health``, then ``etcdctl snapshot save`` to a temp name in /backup;
-2. the file is checked (``etcdctl snapshot status`` and the sha256 etcd appends) so a corrupt
-   snapshot never replaces a good archive and is never uploaded;
+2. the file is checked so a corrupt snapshot never replaces a good archive and is never
+   uploaded: its bbolt structure and what ``etcdctl snapshot status`` would report
+   (:mod:`sidekick.etcd.bolt`, page by page), and the sha256 etcd appends, hashed by the
+   archive's own pass over the file: the archive is only renamed into place when it matches;
 3. ``/backup/<name>.zip`` is written under a temp name and renamed when complete, with the
    entries ``/backup/<name>`` and, when present, ``/etc/kubernetes/<name>.rkestate``;
    then the raw file and the state file go;
@@ -41,10 +43,10 @@ from typing import TYPE_CHECKING
 from sidekick import __version__
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import crypto, layout, prune, retention, s3
+from sidekick.etcd import bolt, crypto, layout, prune, retention, s3
 from sidekick.etcd.archive import ArchiveResult, EntryResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
-from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
+from sidekick.etcd.etcdctl import Etcdctl, EtcdError, check_hash_trailer
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
@@ -195,8 +197,10 @@ class Saver:
             size = raw.stat().st_size
             progress.finish(size=size)
             self.warm.consider(size)
-            status = verify_snapshot(ctl, raw)
-            return self._archive(name, raw, status, self._key_count(ctl, status))
+            started = time.monotonic()
+            status = bolt.status(raw, self.checkpoint).as_etcdctl()
+            seconds = time.monotonic() - started
+            return self._archive(name, raw, status, self._key_count(ctl, status), check_seconds=seconds)
         finally:
             for leftover in (raw, raw.with_name(raw.name + ".part")):
                 with contextlib.suppress(FileNotFoundError):
@@ -216,12 +220,19 @@ class Saver:
             return None
 
     def _archive(self, name: str, raw: Path, status: dict[str, object] | None = None,
-                 keys: int | None = None) -> Snapshot:
+                 keys: int | None = None, *, check_seconds: float = 0.0) -> Snapshot:
         state = layout.state_path(name)
         facts: list[SnapshotFacts] = []
 
         def manifest_facts(results: list[EntryResult]) -> dict[str, object]:
             entry = results[0]
+            # etcd's hash trailer, from the pass that just read the file: a mismatch raises
+            # before the archive is renamed into place.
+            trailer = check_hash_trailer(entry.size, entry.head_sha256, entry.tail)
+            log.info("snapshot checked", extra=kv(revision=(status or {}).get("revision"),
+                                                  keys=(status or {}).get("totalKey"),
+                                                  hash_trailer="ok" if trailer else "absent",
+                                                  seconds=f"{check_seconds:.2f}"))
             facts.append(SnapshotFacts.from_status(status or {}, keys=keys, size=entry.size, sha256=entry.sha256,
                                                    version=__version__))
             return facts[0].to_manifest()
