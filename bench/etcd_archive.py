@@ -118,7 +118,7 @@ def _snapshot(work: Path, name: str, pool: list[bytes]) -> Path:
 def _probe(engine: str, data: bytes) -> str:
     """How fast the main thread counts while another thread deflates ``data`` with a
     dictionary, as a share of its pace alone: near 0 % if the engine held the GIL."""
-    module = archive.ENGINES[engine]
+    module = archive.deflate_engine(engine)
     done = threading.Event()
 
     def pace(until: threading.Event) -> float:

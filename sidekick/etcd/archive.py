@@ -32,7 +32,6 @@ import os
 import struct
 import time
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,15 +40,13 @@ from types import ModuleType
 from typing import BinaryIO
 
 from isal import isal_zlib
-from zlib_ng import zlib_ng
 
 from sidekick.host.files import atomic_output
 
 MANIFEST_VERSION = 1
-# The deflate engines: modules with zlib's ``compressobj(level, method, wbits, memLevel,
-# strategy, zdict)``, each releasing the GIL while it compresses. The ones other than the
-# default are there for the benchmark that chose it (bench/etcd_archive.py).
-ENGINES: dict[str, ModuleType] = {"zlib-ng": zlib_ng, "isal": isal_zlib, "zlib": zlib}
+# The deflate engines (:func:`deflate_engine`); the ones other than the default are there for
+# the benchmark that chose it (bench/etcd_archive.py).
+ENGINES = ("zlib-ng", "isal", "zlib")
 DEFAULT_ENGINE = "zlib-ng"
 DEFAULT_LEVEL = 3
 DEFAULT_CHUNK = 4 << 20
@@ -82,6 +79,10 @@ class EntryResult:
     dos_time: int = 0
     dos_date: int = 0
     zip64: bool = False
+    # For etcd's hash trailer, checked in this same pass: the SHA-256 of all bytes but the last
+    # TAIL (None when the entry is shorter, or its size changed while it was read) and those bytes.
+    head_sha256: bytes | None = None
+    tail: bytes = b""
 
 
 @dataclass
@@ -119,6 +120,23 @@ def _dos_stamp(mtime: float) -> tuple[int, int]:
     return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
 
 
+def deflate_engine(name: str) -> ModuleType:
+    """The module of engine ``name``: zlib's ``compressobj(level, method, wbits, memLevel,
+    strategy, zdict)``, releasing the GIL while it compresses. Imported here, when an archive
+    is written: the many readers of archives (download, list, verify) need no deflater."""
+    if name == "zlib-ng":
+        from zlib_ng import zlib_ng
+
+        return zlib_ng
+    if name == "isal":
+        return isal_zlib
+    if name == "zlib":
+        import zlib
+
+        return zlib
+    raise ValueError(f"unknown deflate engine {name!r} (one of {', '.join(ENGINES)})")
+
+
 def _deflate_piece(engine: ModuleType, data: bytes, zdict: bytes, last: bool, level: int) -> bytes:
     if zdict:
         comp = engine.compressobj(level, engine.DEFLATED, -15, 9, 0, zdict)
@@ -128,16 +146,36 @@ def _deflate_piece(engine: ModuleType, data: bytes, zdict: bytes, last: bool, le
     return head + comp.flush(engine.Z_FINISH if last else engine.Z_SYNC_FLUSH)
 
 
-class _Digests:
-    """CRC-32 and SHA-256 of the input, updated in order by one thread."""
+TAIL = 32  # etcd appends a SHA-256 to a snapshot
 
-    def __init__(self) -> None:
+
+class _Digests:
+    """CRC-32 and SHA-256 of the input, updated in order by one thread; on the way, a copy of
+    the SHA-256 taken ``TAIL`` bytes before the expected end, and the last ``TAIL`` bytes."""
+
+    def __init__(self, expected_size: int) -> None:
         self.crc = 0
         self.sha = hashlib.sha256()
+        self.split = expected_size - TAIL
+        self.seen = 0
+        self.head: bytes | None = None
+        self.tail = b""
 
     def update(self, data: bytes) -> None:
         self.crc = isal_zlib.crc32(data, self.crc)
-        self.sha.update(data)
+        cut = self.split - self.seen
+        if 0 <= cut <= len(data) and self.split >= 0:
+            view = memoryview(data)
+            self.sha.update(view[:cut])
+            self.head = self.sha.copy().digest()
+            self.sha.update(view[cut:])
+        else:
+            self.sha.update(data)
+        self.seen += len(data)
+        self.tail = (self.tail + data[-TAIL:])[-TAIL:]
+
+    def head_sha256(self) -> bytes | None:
+        return self.head if self.seen == self.split + TAIL else None
 
 
 def _write_entry(
@@ -167,7 +205,7 @@ def _write_entry(
     )
     writer.write(encoded + extra)
 
-    digests = _Digests()
+    digests = _Digests(size_hint)
     inflight: collections.deque[Future[bytes]] = collections.deque()
     hashing: Future[None] | None = None
     size = compressed = 0
@@ -177,6 +215,8 @@ def _write_entry(
         following = source.read(chunk_size) if pending else b""
         last = not following
         inflight.append(pool.submit(_deflate_piece, engine, pending, previous_tail, last, level))
+        if hashing is not None:
+            hashing.result()  # one piece queued for the digests at most, however slow they run
         hashing = hasher.submit(digests.update, pending)
         size += len(pending)
         previous_tail = pending[-_WINDOW:]
@@ -199,7 +239,7 @@ def _write_entry(
             raise OSError(f"{name}: grew past 4 GiB while being archived")
         writer.write(struct.pack("<IIII", 0x08074B50, digests.crc, compressed, size))
     return EntryResult(name, size, compressed, digests.crc, digests.sha.hexdigest(), offset,
-                       dos_time, dos_date, zip64)
+                       dos_time, dos_date, zip64, digests.head_sha256(), digests.tail)
 
 
 def _central_directory(writer: _HashingWriter, entries: Sequence[EntryResult], comment: bytes) -> None:
@@ -262,7 +302,7 @@ def write_archive(
     gives the manifest's ``"snapshot"`` object once the entries' digests are known.
     ``engine`` names one of :data:`ENGINES`.
     """
-    deflater = ENGINES[engine]
+    deflater = deflate_engine(engine)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="deflate") as pool,

@@ -22,10 +22,10 @@ from pathlib import Path
 from sidekick.errors import UsageError
 from sidekick.etcd import crypto, layout, s3
 from sidekick.etcd.budgets import Budgets
-from sidekick.etcd.download import download_from_peer
 from sidekick.etcd.extract import extract_snapshot, extract_state_file, stoppable
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.progress import Progress
+from sidekick.host.memory import bound_malloc
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
@@ -74,6 +74,7 @@ def fetch_from_s3(opts: Options, *, stop: StopRequest, extract: bool) -> Path:
 def run_download(opts: Options) -> int:
     if not opts.name:
         raise UsageError("--name is required: the snapshot to download")
+    bound_malloc()
     if not opts.s3_backup:
         if not opts.local_endpoint:
             raise UsageError("give --local-endpoint (the serving peer) or --s3-backup")
@@ -84,6 +85,9 @@ def run_download(opts: Options) -> int:
         if opts.s3_backup:
             fetch_from_s3(opts, stop=stop, extract=True)
             return 0
+        # The peer client brings cryptography's x509 (some 10 MiB): the S3 path never loads it.
+        from sidekick.etcd.download import download_from_peer
+
         download_from_peer(opts.name, opts.local_endpoint, cacert=host_path(opts.cacert), cert=host_path(opts.cert),
                            key=host_path(opts.key), port=serve_port(), budgets=Budgets.from_options(opts), stop=stop)
     return 0
@@ -93,6 +97,7 @@ def run_extractstatefile(opts: Options) -> int:
     """``etcd-backup extractstatefile --name N [S3 flags]``: exit 0 only when the file is written."""
     if not opts.name:
         raise UsageError("--name is required: the snapshot whose state file to extract")
+    bound_malloc()
     with contextlib.suppress(FileNotFoundError):
         layout.state_output().unlink()  # a stale file from an earlier run must not be copied out
     with stoppable() as stop:

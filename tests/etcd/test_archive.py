@@ -239,3 +239,11 @@ def test_file_size_limit_is_a_clean_failure(tmp_path: Path, snapshot: tuple[Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw-snapshot"]
     assert shutil.which("unzip")
     assert os.path.exists(raw)
+
+
+def test_an_unknown_engine_is_refused_before_any_file(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown deflate engine 'lzma'"):
+        write_archive(tmp_path / "snap.zip", [("/backup/snap", raw)], engine="lzma")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
