@@ -60,14 +60,16 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 class Peaks:
-    """Peak RSS of a process and, separately, of the largest of its descendants (psutil,
-    polled every 20 ms until the process ends)."""
+    """Peak RSS of a process, separately of the largest of its descendants, and of the whole
+    tree (the process plus all its descendants at one poll; psutil, polled every 20 ms until
+    the process ends)."""
 
     def __init__(self, pid: int) -> None:
         import psutil
 
         self.own = 0
         self.child = 0
+        self.tree = 0
         self._proc = psutil.Process(pid)
         self._error = psutil.Error
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -76,12 +78,17 @@ class Peaks:
     def _run(self) -> None:
         while True:
             try:
-                self.own = max(self.own, self._proc.memory_info().rss)
+                own = self._proc.memory_info().rss
+                self.own = max(self.own, own)
+                tree = own
                 for child in self._proc.children(recursive=True):
                     try:
-                        self.child = max(self.child, child.memory_info().rss)
+                        rss = child.memory_info().rss
                     except self._error:
                         continue
+                    self.child = max(self.child, rss)
+                    tree += rss
+                self.tree = max(self.tree, tree)
             except self._error:
                 return
             time.sleep(0.02)

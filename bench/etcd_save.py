@@ -64,25 +64,28 @@ def _values(count: int, seed: int = 3) -> list[bytes]:
     return out
 
 
-def _load(etcd: object, total_mb: int) -> int:
+def _load(etcd: object, total_mb: int, pool: list[bytes] | None = None) -> int:
+    """Put about ``total_mb`` MB of values into etcd, cycling through ``pool`` (default: the
+    JSON-ish values above); returns the bytes put."""
     from tests.harness.etcd import EtcdServer
 
     assert isinstance(etcd, EtcdServer)
-    count = total_mb * 1_000_000 // VALUE_SIZE
-    pool = _values(256)
+    pool = pool or _values(256)
+    count = total_mb * 1_000_000 * len(pool) // sum(map(len, pool))
     session = requests.Session()
     session.trust_env = False
     session.cert = (str(etcd.ssl.node_cert), str(etcd.ssl.node_key))
     session.verify = str(etcd.ssl.cacert)
 
-    def put(i: int) -> None:
+    def put(i: int) -> int:
+        value = pool[i % len(pool)]
         body = {"key": base64.b64encode(f"/registry/bench/{i:08d}".encode()).decode(),
-                "value": base64.b64encode(pool[i % len(pool)]).decode()}
+                "value": base64.b64encode(value).decode()}
         session.post(f"{etcd.url}/v3/kv/put", json=body, timeout=60).raise_for_status()
+        return len(value)
 
     with ThreadPoolExecutor(8) as workers:
-        list(workers.map(put, range(count)))
-    return count * VALUE_SIZE
+        return sum(workers.map(put, range(count)))
 
 
 def _timed(argv: list[str], **kwargs: object) -> float:

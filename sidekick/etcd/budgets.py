@@ -15,9 +15,10 @@ the same 300 s. So, with the default flags:
   ``save --once`` therefore ends within about 200 s under any S3 fault, well before RKE stops
   waiting, and its last line carries ``failed to upload etcd snapshot file``.
 - The cluster state fetch and the peer download have their own budgets below.
-- ``verify`` fetches within the S3 or peer budget, then bounds each local step: the snapshot
-  check by :data:`STATUS_TIMEOUT`, the restore by :meth:`Budgets.restore`, the throwaway
-  member by :data:`VERIFY_START`, :data:`VERIFY_QUERY` and :data:`VERIFY_STOP`.
+- ``verify`` fetches within the S3 or peer budget, then bounds each local step: the restore
+  by :meth:`Budgets.restore`, the throwaway member by :data:`VERIFY_START`,
+  :data:`VERIFY_QUERY` and :data:`VERIFY_STOP` (the snapshot check reads the local file,
+  :mod:`sidekick.etcd.bolt`, and ends on a stop request).
 
 ``SIDEKICK_BUDGET_SCALE`` (default 1) multiplies every budget, so tests run the same logic
 in seconds; ``SIDEKICK_RETRY_WAIT`` (default 15) sets the waits.
@@ -39,7 +40,6 @@ ETCD_BUDGET = 40.0
 HEALTH_TIMEOUT = 10.0
 SNAPSHOT_STALL = 60.0
 SNAPSHOT_TIMEOUT = 3600.0
-STATUS_TIMEOUT = 600.0
 S3_PHASE = 200.0
 S3_REQUEST = 30.0
 S3_CONNECT = 10.0

@@ -1,4 +1,5 @@
-"""etcdctl (v3 API) through the host's process runner: health, snapshot save, snapshot check.
+"""etcdctl (v3 API) through the host's process runner: health, snapshot save, key count; and
+etcd's hash trailer rule.
 
 The argv is the original's: ``etcdctl --endpoints=<as given> --cacert=... --cert=... --key=...``
 with ``ETCDCTL_API=3`` in the environment, and without the S3 and cloud credentials of ours.
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,22 +20,18 @@ from sidekick.etcd.budgets import (
     HEALTH_TIMEOUT,
     SNAPSHOT_STALL,
     SNAPSHOT_TIMEOUT,
-    STATUS_TIMEOUT,
     Budgets,
 )
 from sidekick.etcd.progress import Progress
 from sidekick.host.guard import Guard
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest
-from sidekick.log import kv
 from sidekick.paths import host_path
-
-log = logging.getLogger(__name__)
 
 ETCDCTL = "etcdctl"
 # Environment variables a child process never needs: S3 and cloud credentials.
 _PRIVATE_PREFIXES = ("S3_", "AWS_")
-_HASH_SIZE = 32  # etcd appends the sha256 of the db to a snapshot (size % 512 == 32)
+HASH_SIZE = 32  # etcd appends the sha256 of the db to a snapshot (size % 512 == 32)
 
 
 class EtcdError(SidekickError):
@@ -132,20 +127,6 @@ class Etcdctl:
                                  timeout=self.budgets.seconds(HEALTH_TIMEOUT), env=self._env(), check=False)
         return parse_key_count(result.returncode, result.stdout, result.stderr)
 
-    def snapshot_status(self, path: Path) -> dict[str, object]:
-        result = self.runner.run([self.binary, "snapshot", "status", str(path), "-w", "json"],
-                                 timeout=self.budgets.seconds(STATUS_TIMEOUT), env=self._env(), check=False)
-        if result.returncode != 0:
-            text = (result.stderr + result.stdout).decode(errors="replace")
-            raise EtcdError(f"snapshot check failed: {_last_line(text) or f'exit {result.returncode}'}")
-        try:
-            status = json.loads(result.stdout.decode(errors="replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise EtcdError("snapshot check failed: etcdctl printed no status") from None
-        if not isinstance(status, dict):
-            raise EtcdError("snapshot check failed: unexpected status output")
-        return status
-
 
 # A range over every key that returns at most one, keys only: etcd still reports the count.
 KEY_COUNT_ARGS = ("get", "", "--prefix", "--keys-only", "--limit=1", "-w", "json")
@@ -164,16 +145,29 @@ def parse_key_count(returncode: int, stdout: bytes, stderr: bytes) -> int:
     return count
 
 
-def check_snapshot_hash(path: Path, *, chunk: int = 1 << 20) -> bool | None:
-    """Verify the sha256 etcd appends to a snapshot: True ok, None when there is none.
+def has_hash_trailer(size: int) -> bool:
+    """etcd's rule (``snapshot restore``): a file whose size is 32 more than a multiple of 512
+    ends with the sha256 of what precedes it."""
+    return size >= HASH_SIZE and size % 512 == HASH_SIZE
 
-    Raises EtcdError when the trailer does not match the content (a corrupt file).
-    """
+
+def check_hash_trailer(size: int, head_sha256: bytes | None, tail: bytes) -> bool | None:
+    """True when the trailer matches, None when the file has none; EtcdError when it does not
+    match. ``head_sha256`` is the digest of all but the last 32 bytes, ``tail`` those bytes."""
+    if not has_hash_trailer(size):
+        return None
+    if head_sha256 is None or head_sha256 != tail:
+        raise EtcdError("snapshot check failed: the sha256 etcd appended does not match the content")
+    return True
+
+
+def check_snapshot_hash(path: Path, *, chunk: int = 1 << 20) -> bool | None:
+    """:func:`check_hash_trailer` of a file, read once (for a snapshot no other pass reads)."""
     size = _size(path)
-    if size < _HASH_SIZE or size % 512 != _HASH_SIZE:
+    if not has_hash_trailer(size):
         return None
     sha = hashlib.sha256()
-    remaining = size - _HASH_SIZE
+    remaining = size - HASH_SIZE
     with open(path, "rb") as source:
         while remaining > 0:
             data = source.read(min(chunk, remaining))
@@ -181,21 +175,8 @@ def check_snapshot_hash(path: Path, *, chunk: int = 1 << 20) -> bool | None:
                 break
             sha.update(data)
             remaining -= len(data)
-        trailer = source.read(_HASH_SIZE)
-    if sha.digest() != trailer:
-        raise EtcdError("snapshot check failed: the sha256 etcd appended does not match the content")
-    return True
-
-
-def verify_snapshot(ctl: Etcdctl, path: Path) -> dict[str, object]:
-    """Both checks: etcd's own reading of the db and the appended hash."""
-    started = time.monotonic()
-    status = ctl.snapshot_status(path)
-    hashed = check_snapshot_hash(path)
-    log.info("snapshot checked", extra=kv(revision=status.get("revision"), keys=status.get("totalKey"),
-                                          hash_trailer="ok" if hashed else "absent",
-                                          seconds=f"{time.monotonic() - started:.2f}"))
-    return status
+        trailer = source.read(HASH_SIZE)
+    return check_hash_trailer(size, sha.digest() if remaining == 0 else None, trailer)
 
 
 def _size(path: Path) -> int:

@@ -3,7 +3,7 @@
 A slow S3 or a full disk must not look like a hang (rancher/rancher#21675, #30662): a
 :class:`Progress` logs at most one line every
 ``interval`` seconds with bytes done, the total when known and the rate, and a final line with
-size, duration and (when given) the SHA-256. It is thread-safe: boto3 calls back from its
+size, duration and (when given) the SHA-256. It is thread-safe: s3transfer calls back from its
 transfer threads.
 """
 

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from sidekick.errors import UsageError
 from sidekick.etcd import layout
 from sidekick.etcd.budgets import Budgets
-from sidekick.etcd.download import download_from_peer
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.stopping import stoppable
+from sidekick.host.memory import bound_malloc
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 from sidekick.paths import host_path
@@ -85,6 +85,7 @@ def fetch_from_s3(opts: Options, *, stop: StopRequest, extract: bool) -> Path:
 def run_download(opts: Options) -> int:
     if not opts.name:
         raise UsageError("--name is required: the snapshot to download")
+    bound_malloc()
     if not opts.s3_backup:
         if not opts.local_endpoint:
             raise UsageError("give --local-endpoint (the serving peer) or --s3-backup")
@@ -95,6 +96,9 @@ def run_download(opts: Options) -> int:
         if opts.s3_backup:
             fetch_from_s3(opts, stop=stop, extract=True)
             return 0
+        # Each path imports only its own client: S3 (botocore, zip, age) or the peer's (http.client).
+        from sidekick.etcd.download import download_from_peer
+
         download_from_peer(opts.name, opts.local_endpoint, cacert=host_path(opts.cacert), cert=host_path(opts.cert),
                            key=host_path(opts.key), port=serve_port(), budgets=Budgets.from_options(opts), stop=stop)
     return 0
@@ -104,6 +108,7 @@ def run_extractstatefile(opts: Options) -> int:
     """``etcd-backup extractstatefile --name N [S3 flags]``: exit 0 only when the file is written."""
     if not opts.name:
         raise UsageError("--name is required: the snapshot whose state file to extract")
+    bound_malloc()
     from sidekick.etcd.extract import extract_state_file
 
     with contextlib.suppress(FileNotFoundError):

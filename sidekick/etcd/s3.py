@@ -12,10 +12,15 @@ byte at a time, costs a bounded time and a bounded number of requests. Listings 
 paginated; deletes go 1,000 keys per DeleteObjects call; uploads are multipart from the file
 with parallel parts, and an upload a deadline or a stop cut short is aborted by its UploadId;
 downloads go to a temp name and are checked against the ``archive-sha256`` metadata written
-at upload. Memory bound of a transfer: parts are read from the file while they are sent
-(s3transfer's ``ReadFileChunk``), never held whole, so an upload costs about
-``CONCURRENCY`` threads * their 1 MiB read buffers plus the IO queue of a download
-(``max_io_queue * io_chunksize`` = 100 * 256 KiB), whatever the archive size.
+at upload.
+
+Cost: botocore alone (not boto3, whose import and session cost a small ``save --once`` about a
+third of its time) and one botocore session per process, which keeps the parsed models. An
+object of at most ``PART_SIZE`` goes in one PutObject or GetObject streamed from or to the file,
+without s3transfer's threads; only larger ones import s3transfer. Memory bound of a transfer:
+parts are read from the file while they are sent (s3transfer's ``ReadFileChunk``), never held
+whole, so an upload costs about ``CONCURRENCY`` threads * their 1 MiB read buffers, and a
+download that much plus its IO queue (``IO_QUEUE * IO_CHUNK`` = 4 MiB), whatever the size.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from sidekick import log as sklog
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
@@ -48,6 +53,7 @@ from sidekick.log import kv
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from s3transfer.subscribers import BaseSubscriber
 
     from sidekick.etcd.options import Options
 
@@ -63,6 +69,9 @@ AGE_CONTENT_TYPE = "application/octet-stream"
 DELETE_BATCH = 1000
 PART_SIZE = 16 << 20
 CONCURRENCY = 4
+IO_CHUNK = 256 << 10  # s3transfer's default piece of a download
+IO_QUEUE = 16  # pieces waiting for the disk; s3transfer's default (1,000) is 250 MiB
+STREAM_CHUNK = 1 << 20  # a single GetObject is copied to the file this much at a time
 DEFAULT_RETRIES = 3  # as --s3-retries
 ABORT_BUDGET = 5.0
 T = TypeVar("T")
@@ -305,26 +314,45 @@ class S3Config:
 
 @functools.cache
 def _session() -> Any:
-    """One boto3 session per process: it keeps the parsed S3 models, the costly part of a client."""
-    import boto3
+    """One botocore session per process: it keeps the parsed S3 models, the costly part of a client."""
     import botocore.session
 
     core = botocore.session.get_session()
     # botocore parses every LastModified with dateutil (~100 us each): a listing of 10,000
     # objects spent most of its client time there.
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-    return boto3.session.Session(botocore_session=core)
+    return core
 
 
 def warm_up() -> None:
-    """Import boto3 and parse the S3 models ahead of need: ``save --once`` runs this on a thread
-    while etcd takes the snapshot, so a small snapshot's upload does not wait for it. A client
-    with placeholder keys and endpoint: nothing is sent, no credential chain is asked."""
+    """Import botocore and parse the S3 models ahead of need (``save --once`` runs this on a
+    thread while etcd takes a small snapshot). A client with placeholder keys and endpoint:
+    nothing is sent, no credential chain is asked."""
     try:
-        _session().client("s3", region_name=DEFAULT_REGION, endpoint_url="https://127.0.0.1",
-                          aws_access_key_id="warm-up", aws_secret_access_key="warm-up").close()
+        _session().create_client("s3", region_name=DEFAULT_REGION, endpoint_url="https://127.0.0.1",
+                                 aws_access_key_id="warm-up", aws_secret_access_key="warm-up").close()
     except Exception as err:  # the real client will say what is wrong
         log.debug("S3 warm-up failed: %s", err)
+
+
+def _transfer_config() -> Any:
+    from s3transfer.manager import TransferConfig
+
+    return TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                          max_request_concurrency=CONCURRENCY, max_io_queue_size=IO_QUEUE, io_chunksize=IO_CHUNK,
+                          num_download_attempts=1)
+
+
+class _Progress:
+    """An s3transfer subscriber (duck-typed: s3transfer looks up ``on_progress``) that hands
+    the bytes sent or received to ``on_bytes``."""
+
+    def __init__(self, on_bytes: Callable[[int], None] | None) -> None:
+        self.on_bytes = on_bytes
+
+    def on_progress(self, bytes_transferred: int, **_: Any) -> None:
+        if self.on_bytes is not None:
+            self.on_bytes(bytes_transferred)
 
 
 def describe_error(err: BaseException) -> str:
@@ -413,15 +441,15 @@ class S3Store:
             if cfg.session_token:
                 kwargs["aws_session_token"] = cfg.session_token
         else:
-            # boto3's chain: AWS_* env, web identity (IRSA: AWS_WEB_IDENTITY_TOKEN_FILE and
+            # botocore's chain: AWS_* env, web identity (IRSA: AWS_WEB_IDENTITY_TOKEN_FILE and
             # AWS_ROLE_ARN), shared config, container and instance roles; botocore refreshes
             # the temporary ones (web identity, roles) before they expire, across rolling ticks.
-            log.info("no S3 keys given: using boto3's credential chain (web identity, instance role, ...)")
+            log.info("no S3 keys given: using the AWS credential chain (web identity, instance role, ...)")
         request = self.budgets.seconds(S3_REQUEST)
         extra: dict[str, Any] = {}
         if cfg.proxy:
             extra["proxies"] = {"http": cfg.proxy, "https": cfg.proxy}
-        return _session().client(
+        return _session().create_client(
             "s3",
             endpoint_url=endpoint_url(cfg.endpoint),
             region_name=cfg.region or DEFAULT_REGION,
@@ -565,26 +593,31 @@ class S3Store:
     # --- upload -------------------------------------------------------------------------
     def upload_file(self, path: Path, key: str, *, metadata: dict[str, str],
                     on_bytes: Callable[[int], None] | None = None, content_type: str = CONTENT_TYPE) -> None:
-        """Upload ``path`` (multipart, parts in parallel; an unfinished upload is aborted)."""
-        from boto3.s3.transfer import TransferConfig
-
+        """Upload ``path``: one PutObject up to ``PART_SIZE``, else multipart with parts in
+        parallel (an unfinished upload is aborted)."""
         size = path.stat().st_size
-        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=CONCURRENCY, use_threads=True, num_download_attempts=1)
         self.phase.extend(self.budgets.for_bytes(size))
+        args = {"ContentType": content_type, "Metadata": metadata, **self.config.upload_args()}
+
+        def send() -> None:
+            if size <= PART_SIZE:
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=self.config.bucket, Key=key, Body=body, **args)
+                if on_bytes is not None:
+                    on_bytes(size)
+                return
+            from s3transfer.manager import TransferManager
+
+            with TransferManager(self.client, _transfer_config()) as manager:
+                manager.upload(str(path), self.config.bucket, key, extra_args=args,
+                               subscribers=[cast("BaseSubscriber", _Progress(on_bytes))]).result()
 
         def put(deadline: Deadline) -> None:
             deadline.extend(self.budgets.seconds(S3_TRANSFER - S3_REQUEST) + self.budgets.for_bytes(size))
             try:
-                bounded(lambda: self.client.upload_file(
-                    str(path), self.config.bucket, key,
-                    ExtraArgs={"ContentType": content_type, "Metadata": metadata, **self.config.upload_args()},
-                    Config=config, Callback=on_bytes,
-                ))
+                bounded(send)
             except Exception as err:
-                cause = err.__cause__ if err.__cause__ is not None and type(err).__name__ == "S3UploadFailedError" \
-                    else err
-                raise _error("", cause) from None
+                raise _error("", err) from None
 
         try:
             self._step(f"S3 upload {key}", put)
@@ -711,18 +744,26 @@ class S3Store:
         encrypted snapshot, which age authenticates): written in place, neither fsynced nor
         hashed, so it costs one write; the result is then "".
         """
-        from boto3.s3.transfer import TransferConfig
-
         expected = expected.lower()
-        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=CONCURRENCY, use_threads=True, num_download_attempts=1)
         self.phase.extend(self.budgets.for_bytes(size))
 
-        def into(out: Any) -> None:
+        def receive(out: BinaryIO) -> None:
+            if size <= PART_SIZE:
+                answer = self.client.get_object(Bucket=self.config.bucket, Key=key, **self.config.sse_c_args())
+                for piece in answer["Body"].iter_chunks(STREAM_CHUNK):
+                    out.write(piece)
+                    if on_bytes is not None:
+                        on_bytes(len(piece))
+                return
+            from s3transfer.manager import TransferManager
+
+            with TransferManager(self.client, _transfer_config()) as manager:
+                manager.download(self.config.bucket, key, out, extra_args=self.config.sse_c_args(),
+                                 subscribers=[cast("BaseSubscriber", _Progress(on_bytes))]).result()
+
+        def into(out: BinaryIO) -> None:
             try:
-                bounded(lambda: self.client.download_fileobj(self.config.bucket, key, out,
-                                                                ExtraArgs=self.config.sse_c_args() or None,
-                                                                Config=config, Callback=on_bytes))
+                bounded(lambda: receive(out))
             except Exception as err:
                 raise _error(f"failed to download {key}", err) from None
 

@@ -3,8 +3,10 @@
 A snapshot, step by step (CONTRACT 3.1, 3.2, 3.11):
 
 1. ``etcdctl endpoint health``, then ``etcdctl snapshot save`` to a temp name in /backup;
-2. the file is checked (``etcdctl snapshot status`` and the sha256 etcd appends) so a corrupt
-   snapshot never replaces a good archive and is never uploaded;
+2. the file is checked so a corrupt snapshot never replaces a good archive and is never
+   uploaded: its bbolt structure and what ``etcdctl snapshot status`` would report
+   (:mod:`sidekick.etcd.bolt`, page by page), and the sha256 etcd appends, hashed by the
+   archive's own pass over the file: the archive is only renamed into place when it matches;
 3. ``/backup/<name>.zip`` is written under a temp name and renamed when complete, with the
    entries ``/backup/<name>`` and, when present, ``/etc/kubernetes/<name>.rkestate``;
    then the raw file and the state file go;
@@ -36,14 +38,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidekick import __version__
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import catchup, crypto, layout, prune, retention, s3
+from sidekick.etcd import bolt, crypto, layout, prune, retention, s3
 from sidekick.etcd.archive import ArchiveResult, EntryResult, write_archive
 from sidekick.etcd.budgets import LOCK_WAIT, SPACE_MARGIN, Budgets
-from sidekick.etcd.etcdctl import Etcdctl, EtcdError, verify_snapshot
+from sidekick.etcd.etcdctl import Etcdctl, EtcdError, check_hash_trailer
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.options import Options, format_go_duration
 from sidekick.etcd.progress import Progress
@@ -56,16 +59,46 @@ from sidekick.etcd.s3 import (
     S3Error,
     S3Store,
 )
-from sidekick.etcd.telemetry import Outcome, Telemetry
 from sidekick.host.files import describe_os_error, remove_leftovers, temp_path
+from sidekick.host.memory import bound_malloc
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest, stop_on_signals
 from sidekick.log import kv
 from sidekick.retry import BudgetSpent
 
+if TYPE_CHECKING:
+    from sidekick.etcd.telemetry import Outcome, Telemetry
+
 log = logging.getLogger(__name__)
 
 UPLOAD_FAILED = "failed to upload etcd snapshot file"
+# botocore and the S3 models take about 0.2 s and 20 MiB to load. On a thread while etcd works
+# they cost a small snapshot no wall time; beside a large archive their memory would add to the
+# archive's buffers (whose size is that of the snapshot up to the engine's bound), so they load
+# early only for a snapshot known to be at most this large, else just before the upload.
+WARM_UP_LIMIT = 8 << 20
+
+
+def warm_up_early(snapshot_size: int | None) -> bool:
+    """Whether S3 may load beside a snapshot of ``snapshot_size`` bytes (None: not known yet)."""
+    return snapshot_size is not None and snapshot_size <= WARM_UP_LIMIT
+
+
+class WarmUp:
+    """:func:`sidekick.etcd.s3.warm_up` on a thread, started by the first size that allows it."""
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self._thread: threading.Thread | None = None
+
+    def consider(self, snapshot_size: int | None) -> None:
+        if self.enabled and self._thread is None and warm_up_early(snapshot_size):
+            self._thread = threading.Thread(target=s3.warm_up, name="s3-warm-up", daemon=True)
+            self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 @dataclass
@@ -93,6 +126,7 @@ class Saver:
     telemetry: Telemetry | None = None
     _ticks: int = 0  # rolling ticks so far (--verify-every counts them)
     age: crypto.AgeSettings = field(default_factory=crypto.AgeSettings)
+    warm: WarmUp = field(default_factory=WarmUp)
 
     def __post_init__(self) -> None:
         self.policy = prune.policy_of(self.opts)
@@ -100,6 +134,8 @@ class Saver:
     def stage(self, name: str) -> contextlib.AbstractContextManager[Outcome]:
         """Report a rolling stage to the telemetry, when it is on (a stop is no failure)."""
         if self.telemetry is None:
+            from sidekick.etcd.telemetry import Outcome
+
             return contextlib.nullcontext(Outcome())
         return self.telemetry.stage(name, ignore=(Stopped,))
 
@@ -158,9 +194,13 @@ class Saver:
         try:
             progress = Progress(log, "etcd snapshot", interval=self.progress_interval, name=name)
             ctl.snapshot_save(raw, stop=self.stop, progress=progress)
-            progress.finish(size=raw.stat().st_size)
-            status = verify_snapshot(ctl, raw)
-            return self._archive(name, raw, status, self._key_count(ctl, status))
+            size = raw.stat().st_size
+            progress.finish(size=size)
+            self.warm.consider(size)
+            started = time.monotonic()
+            status = bolt.status(raw, self.checkpoint).as_etcdctl()
+            seconds = time.monotonic() - started
+            return self._archive(name, raw, status, self._key_count(ctl, status), check_seconds=seconds)
         finally:
             for leftover in (raw, raw.with_name(raw.name + ".part")):
                 with contextlib.suppress(FileNotFoundError):
@@ -180,12 +220,19 @@ class Saver:
             return None
 
     def _archive(self, name: str, raw: Path, status: dict[str, object] | None = None,
-                 keys: int | None = None) -> Snapshot:
+                 keys: int | None = None, *, check_seconds: float = 0.0) -> Snapshot:
         state = layout.state_path(name)
         facts: list[SnapshotFacts] = []
 
         def manifest_facts(results: list[EntryResult]) -> dict[str, object]:
             entry = results[0]
+            # etcd's hash trailer, from the pass that just read the file: a mismatch raises
+            # before the archive is renamed into place.
+            trailer = check_hash_trailer(entry.size, entry.head_sha256, entry.tail)
+            log.info("snapshot checked", extra=kv(revision=(status or {}).get("revision"),
+                                                  keys=(status or {}).get("totalKey"),
+                                                  hash_trailer="ok" if trailer else "absent",
+                                                  seconds=f"{check_seconds:.2f}"))
             facts.append(SnapshotFacts.from_status(status or {}, keys=keys, size=entry.size, sha256=entry.sha256,
                                                    version=__version__))
             return facts[0].to_manifest()
@@ -276,6 +323,8 @@ class Saver:
             store.close()
 
     def upload(self, store: S3Store, snap: Snapshot) -> None:
+        from sidekick.etcd import catchup
+
         filename = snap.archive.path.name
         if self.age.encrypts:
             filename = crypto.encrypted_name(filename)  # <name>.zip.age: never taken for a zip
@@ -310,6 +359,8 @@ class Saver:
         run's own snapshot is already safe in the bucket)."""
         if not self.opts.s3_catch_up:
             return
+        from sidekick.etcd import catchup
+
         try:
             catchup.catch_up(store, self.backup_dir, limit=self.opts.s3_catch_up,
                              skip=(snap.encrypted or snap.archive.path).name, age=self.age)
@@ -360,9 +411,6 @@ class Saver:
     def _once(self) -> int:
         name = self.opts.name or retention.rolling_name(dt.datetime.now(dt.UTC))
         log.info("Initializing Onetime Backup", extra=kv(name=name))
-        warming = threading.Thread(target=s3.warm_up, name="s3-warm-up", daemon=True)
-        if self.opts.s3_backup:
-            warming.start()  # boto3 loads while etcdctl works
         try:
             snap = self.take_snapshot(name)
         except Stopped:
@@ -371,7 +419,7 @@ class Saver:
         self.seal(snap)
         kept = snap.encrypted or snap.archive.path
         if self.opts.s3_backup:
-            warming.join()
+            self.warm.join()
             try:
                 with self.s3() as store:
                     self.upload(store, snap)
@@ -503,14 +551,22 @@ def prepare_backup_dir() -> Path:
 
 def run_save(opts: Options, *, runner: Runner | None = None) -> int:
     _validate(opts)
+    bound_malloc()  # before any thread allocates
     age = crypto.AgeSettings.load(recipients=opts.age_recipient, recipients_file=opts.age_recipients_file,
                                   encrypt_local=opts.age_encrypt_local)
     if opts.s3_backup:
         S3Config.from_options(opts)  # bad S3 settings (files, SSE, checksum): one line before any snapshot
-    prepare_backup_dir()
-    telemetry = None if opts.once else Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
+    directory = prepare_backup_dir()
+    warm = WarmUp(opts.once and opts.s3_backup)
+    warm.consider(layout.last_snapshot_size(directory))  # a node's snapshots keep their size
+    telemetry = None
+    if not opts.once:
+        from sidekick.etcd.telemetry import Telemetry
+
+        telemetry = Telemetry.from_env(opts.creation, s3_backup=opts.s3_backup)
     with stop_on_signals() as stop, telemetry or contextlib.nullcontext():
-        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age)
+        saver = Saver(opts, runner or Runner(), stop, Budgets.from_options(opts), telemetry=telemetry, age=age,
+                      warm=warm)
         if telemetry is not None:
             telemetry.start()
         saver.clean_leftovers()

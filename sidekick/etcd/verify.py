@@ -11,9 +11,9 @@ with ``--cacert/--cert/--key``). Steps, each bounded (:mod:`sidekick.etcd.budget
    entry inflated there, CRC-32 and manifest SHA-256 checked. ``/backup/N`` and
    ``/backup/N.zip``, the files RKE uses, are only ever read;
 2. the S3 metadata must agree with the archive's manifest (:mod:`sidekick.etcd.facts`);
-3. the file must end with etcd's SHA-256 trailer and match it, and ``etcdctl snapshot
-   status`` must read it and agree with what ``save`` recorded (revision, key revisions,
-   etcd's hash);
+3. the file must end with etcd's SHA-256 trailer and match it, and what ``etcdctl snapshot
+   status`` reports (read page by page by :mod:`sidekick.etcd.bolt`, which checks the bbolt
+   structure too) must agree with what ``save`` recorded (revision, key revisions, etcd's hash);
 4. ``etcdctl snapshot restore`` into a throwaway data directory, then a throwaway ``etcd``
    member started from it; once it answers, its revision and live key count are read back
    and compared with what ``save`` recorded.
@@ -60,9 +60,9 @@ from pathlib import Path
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import crypto, layout, trials
+from sidekick.etcd import bolt, crypto, layout, trials
 from sidekick.etcd.archive import file_sha256, read_manifest_document
-from sidekick.etcd.budgets import STATUS_TIMEOUT, VERIFY_QUERY, VERIFY_START, VERIFY_STOP, Budgets
+from sidekick.etcd.budgets import VERIFY_QUERY, VERIFY_START, VERIFY_STOP, Budgets
 from sidekick.etcd.etcdctl import ETCDCTL, EtcdError, check_snapshot_hash
 from sidekick.etcd.extract import Archive, ArchiveError, check_free_space
 from sidekick.etcd.facts import SnapshotFacts, disagreements
@@ -321,18 +321,16 @@ class Member:
             return self.runner.run(argv, timeout=seconds, env=_child_env(), check=False, cwd=self.work)
 
     def status(self, snapshot: Path) -> dict[str, object]:
-        result = self._run([ETCDCTL, "snapshot", "status", str(snapshot), "-w", "json"],
-                           self.budgets.seconds(STATUS_TIMEOUT), "etcdctl snapshot status")
-        text = (result.stderr + result.stdout).decode(errors="replace")
-        if result.returncode != 0:
-            raise VerifyFailed(f"etcd cannot read the snapshot: {_last_line(text) or f'exit {result.returncode}'}")
+        """What ``etcdctl snapshot status`` reports, read page by page (:mod:`sidekick.etcd.bolt`)."""
+
+        def checkpoint() -> None:
+            if self.stop.is_set():
+                raise Stopped(f"stopped by {self.stop.signal_name or 'a stop request'}")
+
         try:
-            status = json.loads(_last_line(result.stdout.decode(errors="replace")))
-        except ValueError:
-            status = None
-        if not isinstance(status, dict):
-            raise VerifyFailed("etcd cannot read the snapshot: etcdctl printed no status")
-        return status
+            return bolt.status(snapshot, checkpoint).as_etcdctl()
+        except EtcdError as err:
+            raise VerifyFailed(f"etcd cannot read the snapshot: {str(err).removeprefix('snapshot check failed: ')}") from None
 
     def restore(self, snapshot: Path, size: int) -> None:
         result = self._run([ETCDCTL, "snapshot", "restore", str(snapshot), f"--data-dir={self.data_dir}",

@@ -19,6 +19,7 @@ import pytest
 
 from sidekick.etcd import archive
 from sidekick.etcd.archive import read_manifest, write_archive
+from tests.harness.gozip import build_zipstandin, go_unzip
 
 
 def mixed_data(size: int, seed: int = 7) -> bytes:
@@ -32,6 +33,28 @@ def mixed_data(size: int, seed: int = 7) -> bytes:
         else:
             out += b'{"%s":"%s",' % (rng.choice(words), b" ".join(rng.choice(words) for _ in range(8)))
     return bytes(out[:size])
+
+
+def repeating_data(size: int, seed: int = 11) -> bytes:
+    """20 KiB random blocks, each repeated (slightly changed) for 60 KiB: most matches reach
+    back 20 KiB, so at every piece boundary they point into the previous piece."""
+    rng = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        block = bytearray(rng.randbytes(20 << 10))
+        for _ in range(3):
+            block[rng.randrange(len(block))] = rng.randrange(256)
+            out += block
+    return bytes(out[:size])
+
+
+PIECE = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def zipstandin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary, _ = build_zipstandin(tmp_path_factory.mktemp("go"))
+    return binary
 
 
 @pytest.fixture
@@ -137,6 +160,63 @@ def test_unzip_reads_it(tmp_path: Path, snapshot: tuple[Path, bytes]) -> None:
     assert extracted.stdout == data
 
 
+@pytest.mark.parametrize("engine", sorted(archive.ENGINES))
+@pytest.mark.parametrize("size", [0, 1, PIECE - 1, PIECE, PIECE + 1, 7 * PIECE, 7 * PIECE + 12345])
+def test_pieces_inflate_to_the_input_across_boundaries(tmp_path: Path, engine: str, size: int) -> None:
+    data = repeating_data(size)
+    raw = tmp_path / "raw"
+    raw.write_bytes(data)
+    dest = tmp_path / "snap.zip"
+    result = write_archive(dest, [("/backup/snap", raw)], engine=engine, chunk_size=PIECE, workers=3)
+    with zipfile.ZipFile(dest) as zf:
+        assert zf.testzip() is None
+        assert zf.read("/backup/snap") == data
+    assert zlib.decompress(dest.read_bytes()[30 + len("/backup/snap"):][: result.entries[0].compressed], -15) == data
+    if size > 2 * PIECE:
+        # Each piece sees the previous 32 KiB: the 20 KiB repeats cost nothing at any boundary,
+        # where pieces deflated alone would spell one block out again (1/3 of the input).
+        assert result.entries[0].compressed < len(data) * 0.45
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("data", [repeating_data(1_500_000), mixed_data(1_500_000)], ids=["repeating", "mixed"])
+def test_go_and_unzip_read_the_default_engine(tmp_path: Path, zipstandin: Path, data: bytes) -> None:
+    """The readers RKE's side uses: Go's archive/zip as the Go tool's decompressFile (CRC-32
+    checked), and Info-ZIP; pieces of 64 KiB, so the stream has a boundary every 64 KiB."""
+    raw, state = tmp_path / "raw", tmp_path / "state.json"
+    raw.write_bytes(data)
+    state.write_text('{"desiredState": {}}')
+    dest = tmp_path / "snap.zip"
+    write_archive(dest, [("/backup/snap", raw), ("/etc/kubernetes/snap.rkestate", state)],
+                  chunk_size=PIECE, workers=2)
+    for name, expected in (("/backup/snap", data), ("/etc/kubernetes/snap.rkestate", state.read_bytes())):
+        out = tmp_path / "out"
+        done = go_unzip(zipstandin, dest, name, out)
+        assert done.returncode == 0, done.stderr
+        assert out.read_bytes() == expected
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        out.unlink()
+    tested = subprocess.run(["unzip", "-t", str(dest)], capture_output=True, text=True, check=False)
+    assert tested.returncode == 0 and "No errors detected" in tested.stdout, tested.stdout + tested.stderr
+    assert subprocess.run(["unzip", "-p", str(dest), "/backup/snap"], capture_output=True, check=True).stdout == data
+
+
+@pytest.mark.integration
+def test_go_refuses_a_corrupted_archive(tmp_path: Path, zipstandin: Path) -> None:
+    """The Go reader of the test above does check: one flipped byte in the deflate data fails it."""
+    data = mixed_data(400_000)
+    raw = tmp_path / "raw"
+    raw.write_bytes(data)
+    dest = tmp_path / "snap.zip"
+    write_archive(dest, [("/backup/snap", raw)], chunk_size=PIECE)
+    body = bytearray(dest.read_bytes())
+    body[30 + len("/backup/snap") + 50_000] ^= 0x10
+    dest.write_bytes(bytes(body))
+    done = go_unzip(zipstandin, dest, "/backup/snap", tmp_path / "out")
+    assert done.returncode == 1
+    assert "checksum" in done.stderr or "flate" in done.stderr, done.stderr
+
+
 @pytest.mark.integration
 def test_file_size_limit_is_a_clean_failure(tmp_path: Path, snapshot: tuple[Path, bytes]) -> None:
     raw, _ = snapshot
@@ -159,3 +239,11 @@ def test_file_size_limit_is_a_clean_failure(tmp_path: Path, snapshot: tuple[Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw-snapshot"]
     assert shutil.which("unzip")
     assert os.path.exists(raw)
+
+
+def test_an_unknown_engine_is_refused_before_any_file(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown deflate engine 'lzma'"):
+        write_archive(tmp_path / "snap.zip", [("/backup/snap", raw)], engine="lzma")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

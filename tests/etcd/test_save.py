@@ -245,6 +245,48 @@ def test_corrupt_snapshot_never_replaces_a_good_archive(root: Path, etcd_server:
     assert listing(root) == ["snap-corrupt.zip"]
 
 
+# Damage that only one of the two checks can see: both meta pages (trailer recomputed: only
+# the bbolt walk notices), or the trailer itself (the db intact: only the archive's pass notices).
+DAMAGE = {
+    "bbolt structure": (
+        "import hashlib\n"
+        "db = data[:-32]\n"
+        "size = int.from_bytes(db[24:28], 'little')\n"
+        "db[16] ^= 1; db[size + 16] ^= 1\n"
+        "data = db + hashlib.sha256(db).digest()\n",
+        "no valid meta page"),
+    "hash trailer": ("data[-1] ^= 1\n", "the sha256 etcd appended does not match the content"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_each_check_alone_stops_a_corrupt_snapshot(root: Path, etcd_server: EtcdServer, tmp_path: Path,
+                                                   damage: str) -> None:
+    code, cause = DAMAGE[damage]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "etcdctl"
+    wrapper.write_text(
+        "#!/usr/bin/env python3\n"
+        "import subprocess, sys\n"
+        f"rc = subprocess.call([{ETCDCTL!r}, *sys.argv[1:]])\n"
+        "if rc == 0 and 'save' in sys.argv:\n"
+        "    path = sys.argv[-1]\n"
+        "    data = bytearray(open(path, 'rb').read())\n"
+        + "".join(f"    {line}\n" for line in code.splitlines()) +
+        "    open(path, 'wb').write(bytes(data))\n"
+        "sys.exit(rc)\n"
+    )
+    wrapper.chmod(0o755)
+    done = save(root, etcd_server.endpoint, "snap-damaged", "--once", "--backup-retries=1",
+                env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert done.returncode == 1
+    assert "failed to take etcd snapshot snap-damaged" in last_line(done.stderr)
+    assert "snapshot check failed: " in last_line(done.stderr) and cause in last_line(done.stderr)
+    assert "Traceback" not in done.stderr
+    assert listing(root) == []
+
+
 def test_rancher_once_rotation_and_leftovers(root: Path, etcd_server: EtcdServer) -> None:
     backup = root / "backup"
     old = time.time() - 3 * 86400

@@ -1,0 +1,166 @@
+"""The etcd tool's own cost: a small ``save --once`` with S3, and the tool's peak RSS per path.
+
+Measured in the same run, on a real etcd and moto S3 (HTTP):
+
+- ``save --once`` with S3 of a tiny database (50 keys), wall, median of ``BENCH_FOOTPRINT_RUNS``
+  (7) runs interleaved with its baselines: a bare ``python -c pass`` of the same interpreter
+  (and ``site``) and ``etcdctl snapshot save`` of the same database;
+- on that path, the etcdctl processes (through a logging ``etcdctl`` first on PATH) and the
+  modules imported (``PYTHONPROFILEIMPORTTIME``: what import statements load, so the command
+  module the CLI loads with ``importlib.import_module`` is not counted), in an untimed run;
+- the tool's own peak RSS (children not counted) for ``save --once`` without S3, with S3, and
+  ``download --s3-backup`` of a ``BENCH_FOOTPRINT_MB`` (64) MB database of Kubernetes-like
+  JSON, against the floors: ``python -c pass``, and an interpreter that imported boto3 and
+  created one S3 client (``boto3.client("s3", ...)``).
+
+The tiny runs are steady-state runs: /backup already holds the earlier tiny snapshots, as on a
+node that takes snapshots on a schedule. Child interpreters keep compiled modules in a cache
+under the bench's temp directory (``PYTHONDONTWRITEBYTECODE`` removed): the image ships them
+compiled, and a run that compiles sidekick every time would measure the compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import SIDEKICK, Row, measure
+
+RUNS = int(os.environ.get("BENCH_FOOTPRINT_RUNS", "7"))
+SIZE_MB = int(os.environ.get("BENCH_FOOTPRINT_MB", "64"))
+HEAVY = ("boto3", "botocore", "s3transfer", "cryptography", "pyrage", "jinja2", "requests", "yaml")
+
+BOTO3_FLOOR = """
+import sys, boto3
+boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+             aws_access_key_id="bench", aws_secret_access_key="bench")
+"""
+
+ETCDCTL_LOG = """#!/bin/sh
+echo "$*" >> "{log}"
+exec {real} "$@"
+"""
+
+
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _subcommand(line: str) -> str:
+    """``endpoint health``, ``snapshot save``, ``get``: the command, without flags and paths."""
+    words = [w for w in line.split() if not w.startswith("-")]
+    return " ".join(words[:2] if words and words[0] in {"endpoint", "snapshot"} else words[:1])
+
+
+def _imports(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")} - {
+        "imported package"}
+
+
+def run() -> list[Row]:
+    from bench.etcd_save import _load
+    from tests.harness.etcd import ETCDCTL, EtcdServer
+    from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags, rke_save_argv
+    from tests.harness.pki import CertificateAuthority, RkeSsl
+    from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+
+    work = Path(tempfile.mkdtemp(prefix="bench-etcd-footprint-"))
+    ca = CertificateAuthority("kube-ca")
+    ssl_files = RkeSsl.create(work / "ssl", ca, "127.0.0.1")
+    tiny = EtcdServer(work / "tiny", ssl_files).start()
+    modest = EtcdServer(work / "modest", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    s3 = S3Server(work / "s3").start()
+    rows: list[Row] = []
+    try:
+        tiny.put_many(50, 1000)
+        loaded = _load(modest, SIZE_MB)
+        root = node_root(work, ssl_files)
+        bucket = s3.new_bucket("footprint")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("S3_", "SIDEKICK_", "AWS_")) and k != "PYTHONDONTWRITEBYTECODE"}
+        env.update({"SIDEKICK_ROOT": str(root), "PYTHONPYCACHEPREFIX": str(work / "pyc"),
+                    **rke_s3_env(ACCESS_KEY, SECRET_KEY)})
+        tool = [str(SIDEKICK), "rke-etcd-backup"]
+        s3_flags = rke_s3_flags(s3.url, bucket)
+
+        def save(endpoint: str, name: str, *extra: str) -> list[str]:
+            return [*tool, *rke_save_argv(endpoint, name, "--once", *extra)]
+
+        python_pass = [sys.executable, "-c", "pass"]
+        raw = work / "plain.db"
+        etcdctl_save = [ETCDCTL, f"--endpoints={tiny.url}", f"--cacert={ssl_files.cacert}",
+                        f"--cert={ssl_files.node_cert}", f"--key={ssl_files.node_key}", "snapshot", "save", str(raw)]
+        ctl_env = {**env, "ETCDCTL_API": "3"}
+
+        # One untimed run compiles the modules; then the interleaved rounds.
+        measure(save(tiny.endpoint, "tiny-first", *s3_flags), env)
+        walls: dict[str, list[float]] = {"tool": [], "python": [], "etcdctl": []}
+        for i in range(RUNS):
+            walls["python"].append(_wall(python_pass, env))
+            walls["etcdctl"].append(_wall(etcdctl_save, ctl_env))
+            raw.unlink()
+            walls["tool"].append(_wall(save(tiny.endpoint, f"tiny-{i}", *s3_flags), env))
+        tool_s, python_s, etcdctl_s = (statistics.median(walls[k]) for k in ("tool", "python", "etcdctl"))
+        rows += [
+            Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s", "etcdctl snapshot save", etcdctl_s,
+                note="goal <= 0.35 s; Go tool on the issue: 0.18 s"),
+            Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s", "python -c pass", python_s,
+                note="same interpreter, with site"),
+        ]
+
+        # What that path runs and imports (untimed: the wrapper and the import log cost time).
+        logdir = work / "logged-bin"
+        logdir.mkdir()
+        calls = work / "etcdctl-calls"
+        wrapper = logdir / "etcdctl"
+        wrapper.write_text(ETCDCTL_LOG.format(log=calls, real=shutil.which(ETCDCTL) or ETCDCTL))
+        wrapper.chmod(0o755)
+        logged_env = {**env, "PATH": f"{logdir}:{env.get('PATH', '')}", "PYTHONPROFILEIMPORTTIME": "1"}
+        _, _, _, stderr = measure(save(tiny.endpoint, "tiny-counted", *s3_flags), logged_env)
+        ctl_calls = calls.read_text().splitlines()
+        modules = _imports(stderr)
+        heavy = sorted(h for h in HEAVY if h in modules)
+        rows += [
+            Row("tiny save --once with S3: etcdctl processes", len(ctl_calls), "",
+                note="; ".join(_subcommand(c) for c in ctl_calls)),
+            Row("tiny save --once with S3: modules imported", len(modules), "",
+                note=f"sidekick {sum(m.split('.')[0] == 'sidekick' for m in modules)}; "
+                f"third-party roots: {', '.join(heavy) or 'none'}"),
+        ]
+
+        # Peak RSS of the tool itself at a modest size, beside the floors.
+        _, pass_peaks, _, _ = measure(python_pass, env)
+        _, floor_peaks, _, _ = measure([sys.executable, "-c", BOTO3_FLOOR, s3.url], env)
+        _, local_peaks, _, _ = measure(save(modest.endpoint, "modest-local"), env)
+        _, s3_peaks, _, stderr = measure(save(modest.endpoint, "modest-s3", *s3_flags), env)
+        for leftover in (root / "backup").glob("modest-s3*"):
+            leftover.unlink()
+        _, download_peaks, _, _ = measure([*tool, "etcd-backup", "download", "--name", "modest-s3", *s3_flags], env)
+        mib = 2**20
+        size = f"{loaded / 1e6:.0f} MB of JSON-like values"
+        floor = floor_peaks.own / mib
+        rows += [
+            Row("python -c pass, peak RSS", pass_peaks.own / mib, "MiB"),
+            Row("boto3 imported + one S3 client, peak RSS", floor, "MiB", "python -c pass", pass_peaks.own / mib,
+                note="the floor of any tool that uses boto3"),
+            Row("save --once local, tool peak RSS", local_peaks.own / mib, "MiB", "python -c pass",
+                pass_peaks.own / mib, note=f"goal <= 48 MiB; {size}"),
+            Row("save --once with S3, tool peak RSS", s3_peaks.own / mib, "MiB", "boto3 + S3 client floor", floor,
+                note=f"goal <= 64 MiB; {size}"),
+            Row("download --s3-backup, tool peak RSS", download_peaks.own / mib, "MiB", "boto3 + S3 client floor",
+                floor, note=f"goal <= 48 MiB; {size}"),
+        ]
+    finally:
+        s3.stop()
+        modest.stop()
+        tiny.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return rows

@@ -1,0 +1,92 @@
+"""Memory of ``save --once`` (local) and the cost of the snapshot facts, on one real snapshot.
+
+Measured in the same run, on the same etcd data (JSON-ish values of 100 kB, as
+``bench/etcd_save.py`` loads them):
+
+- ``save --once`` as RKE runs it, without S3: the peak RSS of the whole process tree (the tool
+  plus etcdctl, summed at each poll) and of the tool alone;
+- ``etcdctl snapshot status -w json`` alone on a snapshot of the same data (what save ran
+  before :mod:`sidekick.etcd.bolt`): its peak RSS and wall time;
+- the page-by-page reader (:func:`sidekick.etcd.bolt.status`) in a fresh interpreter on the same
+  file: its peak RSS and wall time; the two must report the same facts.
+
+Status and reader runs alternate ``BENCH_ETCD_MEMORY_RUNS`` times (default 3); medians.
+Size: ``BENCH_ETCD_MEMORY_MB`` (default 300 MB of values).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import SIDEKICK, Row, measure
+from bench.etcd_save import _load
+
+SIZE_MB = int(os.environ.get("BENCH_ETCD_MEMORY_MB", "300"))
+RUNS = int(os.environ.get("BENCH_ETCD_MEMORY_RUNS", "3"))
+MIB = 2**20
+READER = ("import json, sys, time; from pathlib import Path; from sidekick.etcd import bolt; "
+          "t = time.perf_counter(); s = bolt.status(Path(sys.argv[1])).as_etcdctl(); "
+          "print(json.dumps(s)); print(time.perf_counter() - t)")
+
+
+def run() -> list[Row]:
+    from tests.harness.etcd import ETCDCTL, EtcdServer
+    from tests.harness.etcd_backup import node_root, rke_save_argv
+    from tests.harness.pki import CertificateAuthority, RkeSsl
+
+    work = Path(tempfile.mkdtemp(prefix="bench-etcd-memory-"))
+    ssl_files = RkeSsl.create(work / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
+    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    try:
+        loaded = _load(etcd, SIZE_MB)
+        print(f"# etcd_memory: loaded {loaded / 1e6:.0f} MB of JSON-ish values", file=sys.stderr)
+        snapshot = work / "plain.db"
+        etcd.ctl("snapshot", "save", str(snapshot), timeout=600)
+        size_note = f"snapshot {snapshot.stat().st_size / 1e6:.0f} MB"
+
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        status_s, status_rss, reader_s, reader_rss, reading_s = [], [], [], [], []
+        for _ in range(RUNS):
+            seconds, peaks, out, _ = measure([ETCDCTL, "snapshot", "status", str(snapshot), "-w", "json"], env)
+            status_s.append(seconds)
+            status_rss.append(peaks.tree)
+            expected = json.loads(out.strip().splitlines()[-1])
+            seconds, peaks, out, _ = measure([sys.executable, "-c", READER, str(snapshot)], env)
+            reader_s.append(seconds)
+            reader_rss.append(peaks.tree)
+            facts, reading = out.splitlines()
+            reading_s.append(float(reading))
+            if json.loads(facts) != expected:
+                raise RuntimeError(f"the reader says {facts}, etcdctl {expected}")
+
+        root = node_root(work, ssl_files)
+        argv = [str(SIDEKICK), "rke-etcd-backup", *rke_save_argv(etcd.endpoint, "bench-snap", "--once")]
+        save_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_"))},
+                    "SIDEKICK_ROOT": str(root)}
+        save_s, save_peaks, _, _ = measure(argv, save_env, timeout=1800)
+
+        status_mib = statistics.median(status_rss) / MIB
+        return [
+            Row("save --once local: process-tree peak RSS", save_peaks.tree / MIB, "MiB",
+                "etcdctl snapshot status alone", status_mib,
+                note=f"{size_note}; save took {save_s:.1f}s; goal <= 100 MiB"),
+            Row("save --once local: tool peak RSS", save_peaks.own / MIB, "MiB",
+                note=f"largest child (etcdctl snapshot save) {save_peaks.child / MIB:.0f} MiB"),
+            Row("snapshot facts: bolt reader peak RSS", statistics.median(reader_rss) / MIB, "MiB",
+                "etcdctl snapshot status", status_mib, note="a fresh interpreter importing sidekick.etcd.bolt"),
+            Row("snapshot facts: bolt reader wall", statistics.median(reader_s), "s",
+                "etcdctl snapshot status", statistics.median(status_s),
+                note=f"median of {RUNS}, alternating; interpreter start and imports included"),
+            Row("snapshot facts: bolt reader, the read alone", statistics.median(reading_s), "s",
+                "etcdctl snapshot status", statistics.median(status_s),
+                note="time inside the interpreter; etcdctl's figure is its whole run"),
+        ]
+    finally:
+        etcd.stop()
+        shutil.rmtree(work, ignore_errors=True)
