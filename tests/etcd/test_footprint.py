@@ -1,7 +1,7 @@
 """Each etcd path loads what it uses and nothing more, seen from the real tool's import log.
 
 A local ``save --once`` never loads the S3 library, a small upload never loads s3transfer (one
-PutObject), and ``download --s3-backup`` never loads the peer client (cryptography's x509).
+PutObject), and ``download --s3-backup`` never loads the peer client.
 ``PYTHONPROFILEIMPORTTIME`` makes the real interpreter list on stderr every module an import
 statement loads (a module loaded by ``importlib.import_module`` is not listed, its imports are).
 """
