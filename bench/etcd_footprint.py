@@ -10,8 +10,9 @@ Measured in the same run, on a real etcd and moto S3 (HTTP):
   module the CLI loads with ``importlib.import_module`` is not counted), in an untimed run;
 - the tool's own peak RSS (children not counted) for ``save --once`` without S3, with S3, and
   ``download --s3-backup`` of a ``BENCH_FOOTPRINT_MB`` (64) MB database of Kubernetes-like
-  JSON, against the floors: ``python -c pass``, and an interpreter that imported boto3 and
-  created one S3 client (``boto3.client("s3", ...)``).
+  JSON, against the floors: ``python -c pass``, an interpreter that imported boto3 and
+  created one S3 client (``boto3.client("s3", ...)``), and one that did so with botocore alone
+  (what sidekick loads); the latter's wall time is also the tiny save's floor.
 
 The tiny runs are steady-state runs: /backup already holds the earlier tiny snapshots, as on a
 node that takes snapshots on a schedule. Child interpreters keep compiled modules in a cache
@@ -40,6 +41,12 @@ BOTO3_FLOOR = """
 import sys, boto3
 boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
              aws_access_key_id="bench", aws_secret_access_key="bench")
+"""
+# What the tool itself loads for S3: botocore alone, one client (sidekick.etcd.s3.warm_up's work).
+BOTOCORE_FLOOR = """
+import sys, botocore.session
+botocore.session.get_session().create_client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                                             aws_access_key_id="bench", aws_secret_access_key="bench")
 """
 
 ETCDCTL_LOG = """#!/bin/sh
@@ -102,18 +109,24 @@ def run() -> list[Row]:
 
         # One untimed run compiles the modules; then the interleaved rounds.
         measure(save(tiny.endpoint, "tiny-first", *s3_flags), env)
-        walls: dict[str, list[float]] = {"tool": [], "python": [], "etcdctl": []}
+        botocore_floor = [sys.executable, "-c", BOTOCORE_FLOOR, s3.url]
+        walls: dict[str, list[float]] = {"tool": [], "python": [], "etcdctl": [], "botocore": []}
         for i in range(RUNS):
             walls["python"].append(_wall(python_pass, env))
+            walls["botocore"].append(_wall(botocore_floor, env))
             walls["etcdctl"].append(_wall(etcdctl_save, ctl_env))
             raw.unlink()
             walls["tool"].append(_wall(save(tiny.endpoint, f"tiny-{i}", *s3_flags), env))
-        tool_s, python_s, etcdctl_s = (statistics.median(walls[k]) for k in ("tool", "python", "etcdctl"))
+        tool_s, python_s, etcdctl_s, botocore_s = (
+            statistics.median(walls[k]) for k in ("tool", "python", "etcdctl", "botocore"))
         rows += [
             Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s", "etcdctl snapshot save", etcdctl_s,
                 note="goal <= 0.35 s; Go tool on the issue: 0.18 s"),
             Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s", "python -c pass", python_s,
                 note="same interpreter, with site"),
+            Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s",
+                "botocore imported + one S3 client", botocore_s,
+                note="the S3 library's own start, one CPU-bound thread: the floor of any save that uploads"),
         ]
 
         # What that path runs and imports (untimed: the wrapper and the import log cost time).
@@ -139,6 +152,7 @@ def run() -> list[Row]:
         # Peak RSS of the tool itself at a modest size, beside the floors.
         _, pass_peaks, _, _ = measure(python_pass, env)
         _, floor_peaks, _, _ = measure([sys.executable, "-c", BOTO3_FLOOR, s3.url], env)
+        _, botocore_peaks, _, _ = measure(botocore_floor, env)
         _, local_peaks, _, _ = measure(save(modest.endpoint, "modest-local"), env)
         _, s3_peaks, _, stderr = measure(save(modest.endpoint, "modest-s3", *s3_flags), env)
         for leftover in (root / "backup").glob("modest-s3*"):
@@ -151,6 +165,8 @@ def run() -> list[Row]:
             Row("python -c pass, peak RSS", pass_peaks.own / mib, "MiB"),
             Row("boto3 imported + one S3 client, peak RSS", floor, "MiB", "python -c pass", pass_peaks.own / mib,
                 note="the floor of any tool that uses boto3"),
+            Row("botocore imported + one S3 client, peak RSS", botocore_peaks.own / mib, "MiB", "python -c pass",
+                pass_peaks.own / mib, note="what sidekick loads for S3 (botocore alone)"),
             Row("save --once local, tool peak RSS", local_peaks.own / mib, "MiB", "python -c pass",
                 pass_peaks.own / mib, note=f"goal <= 48 MiB; {size}"),
             Row("save --once with S3, tool peak RSS", s3_peaks.own / mib, "MiB", "boto3 + S3 client floor", floor,
