@@ -16,6 +16,29 @@ REPO = Path(__file__).resolve().parent.parent
 SIDEKICK = Path(sys.executable).with_name("sidekick")
 
 
+def baseline_tree(base: Path, rev: str) -> Path | None:
+    """The ``sidekick`` package of an earlier revision ``rev`` of this repository, unpacked
+    under ``base`` (None when git does not know it): its figures are measured in the same run
+    as this checkout's, with the same interpreter and libraries."""
+    tree = base / f"baseline-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "sidekick"], capture_output=True)
+    if archive.returncode != 0:
+        print(f"# bench: no baseline revision {rev}", file=sys.stderr)
+        return None
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def tool(tree: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command prefix (and extra environment) of this checkout's tool, or of a
+    :func:`baseline_tree`'s."""
+    if tree is None:
+        return [str(SIDEKICK)], {}
+    # -P: ``-m`` would otherwise put the working directory (this checkout) ahead of PYTHONPATH
+    return [sys.executable, "-P", "-m", "sidekick"], {"PYTHONPATH": str(tree)}
+
+
 @dataclass
 class Row:
     name: str

@@ -14,6 +14,10 @@ Measured in the same run, on a real etcd and moto S3 (HTTP):
   created one S3 client (``boto3.client("s3", ...)``), and one that did so with botocore alone
   (what sidekick loads); the latter's wall time is also the tiny save's floor.
 
+Each of the tool's figures is also measured, in the same run, for the sidekick of an earlier
+revision (``SIDEKICK_BENCH_BASELINE_REV``, default ``3599ba3``: before the memory and start-up
+work of issue 15), run by the same interpreter with the same libraries.
+
 The tiny runs are steady-state runs: /backup already holds the earlier tiny snapshots, as on a
 node that takes snapshots on a schedule. Child interpreters keep compiled modules in a cache
 under the bench's temp directory (``PYTHONDONTWRITEBYTECODE`` removed): the image ships them
@@ -31,8 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import SIDEKICK, Row, measure
+from bench.common import Row, baseline_tree, measure, tool
 
+# The revision before issue 15's memory and start-up work: its rows are measured in this run.
+BASELINE_REV = os.environ.get("SIDEKICK_BENCH_BASELINE_REV", "3599ba3")
 RUNS = int(os.environ.get("BENCH_FOOTPRINT_RUNS", "7"))
 SIZE_MB = int(os.environ.get("BENCH_FOOTPRINT_MB", "64"))
 HEAVY = ("boto3", "botocore", "s3transfer", "cryptography", "pyrage", "jinja2", "requests", "yaml")
@@ -95,11 +101,14 @@ def run() -> list[Row]:
                if not k.startswith(("S3_", "SIDEKICK_", "AWS_")) and k != "PYTHONDONTWRITEBYTECODE"}
         env.update({"SIDEKICK_ROOT": str(root), "PYTHONPYCACHEPREFIX": str(work / "pyc"),
                     **rke_s3_env(ACCESS_KEY, SECRET_KEY)})
-        tool = [str(SIDEKICK), "rke-etcd-backup"]
+        prefix, _ = tool()
+        tree = baseline_tree(work, BASELINE_REV)
+        old_prefix, old_extra = tool(tree)
+        old_env = {**env, **old_extra}
         s3_flags = rke_s3_flags(s3.url, bucket)
 
-        def save(endpoint: str, name: str, *extra: str) -> list[str]:
-            return [*tool, *rke_save_argv(endpoint, name, "--once", *extra)]
+        def save(endpoint: str, name: str, *extra: str, of: list[str] = prefix) -> list[str]:
+            return [*of, "rke-etcd-backup", *rke_save_argv(endpoint, name, "--once", *extra)]
 
         python_pass = [sys.executable, "-c", "pass"]
         raw = work / "plain.db"
@@ -110,8 +119,12 @@ def run() -> list[Row]:
         # One untimed run compiles the modules; then the interleaved rounds.
         measure(save(tiny.endpoint, "tiny-first", *s3_flags), env)
         botocore_floor = [sys.executable, "-c", BOTOCORE_FLOOR, s3.url]
-        walls: dict[str, list[float]] = {"tool": [], "python": [], "etcdctl": [], "botocore": []}
+        if tree:
+            measure(save(tiny.endpoint, "tiny-old-first", *s3_flags, of=old_prefix), old_env)
+        walls: dict[str, list[float]] = {"tool": [], "python": [], "etcdctl": [], "botocore": [], "old": []}
         for i in range(RUNS):
+            if tree:
+                walls["old"].append(_wall(save(tiny.endpoint, f"tiny-old-{i}", *s3_flags, of=old_prefix), old_env))
             walls["python"].append(_wall(python_pass, env))
             walls["botocore"].append(_wall(botocore_floor, env))
             walls["etcdctl"].append(_wall(etcdctl_save, ctl_env))
@@ -124,6 +137,8 @@ def run() -> list[Row]:
                 note="goal <= 0.35 s; Go tool on the issue: 0.18 s"),
             Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s", "python -c pass", python_s,
                 note="same interpreter, with site"),
+            *([Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s", f"sidekick {BASELINE_REV}",
+                   statistics.median(walls["old"]), note="the same runs, interleaved")] if tree else []),
             Row(f"tiny save --once with S3, wall (median of {RUNS})", tool_s, "s",
                 "botocore imported + one S3 client", botocore_s,
                 note="the S3 library's own start, one CPU-bound thread: the floor of any save that uploads"),
@@ -157,7 +172,16 @@ def run() -> list[Row]:
         _, s3_peaks, _, stderr = measure(save(modest.endpoint, "modest-s3", *s3_flags), env)
         for leftover in (root / "backup").glob("modest-s3*"):
             leftover.unlink()
-        _, download_peaks, _, _ = measure([*tool, "etcd-backup", "download", "--name", "modest-s3", *s3_flags], env)
+        download = ["rke-etcd-backup", "etcd-backup", "download", "--name", "modest-s3", *s3_flags]
+        _, download_peaks, _, _ = measure([*prefix, *download], env)
+        old: dict[str, float] = {}
+        if tree:
+            for what, argv in (("local", save(modest.endpoint, "modest-old-local", of=old_prefix)),
+                               ("s3", save(modest.endpoint, "modest-old-s3", *s3_flags, of=old_prefix))):
+                old[what] = measure(argv, old_env)[1].own / 2**20
+            for leftover in (root / "backup").glob("modest-s3*"):
+                leftover.unlink()
+            old["download"] = measure([*old_prefix, *download], old_env)[1].own / 2**20
         mib = 2**20
         size = f"{loaded / 1e6:.0f} MB of JSON-like values"
         floor = floor_peaks.own / mib
@@ -173,6 +197,11 @@ def run() -> list[Row]:
                 note=f"goal <= 64 MiB; {size}"),
             Row("download --s3-backup, tool peak RSS", download_peaks.own / mib, "MiB", "boto3 + S3 client floor",
                 floor, note=f"goal <= 48 MiB; {size}"),
+            *(Row(f"{label}, tool peak RSS", ours / mib, "MiB", f"sidekick {BASELINE_REV}", old[what], note=size)
+              for what, label, ours in (("local", "save --once local", local_peaks.own),
+                                        ("s3", "save --once with S3", s3_peaks.own),
+                                        ("download", "download --s3-backup", download_peaks.own))
+              if what in old),
         ]
     finally:
         s3.stop()

@@ -10,6 +10,9 @@ Measured in the same run, on the same etcd data (JSON-ish values of 100 kB, as
 - the page-by-page reader (:func:`sidekick.etcd.bolt.status`) in a fresh interpreter on the same
   file: its peak RSS and wall time; the two must report the same facts.
 
+- the same ``save --once`` by the sidekick of an earlier revision (``SIDEKICK_BENCH_BASELINE_REV``,
+  default ``3599ba3``, which ran ``etcdctl snapshot status``), same interpreter and libraries.
+
 Status and reader runs alternate ``BENCH_ETCD_MEMORY_RUNS`` times (default 3); medians.
 Size: ``BENCH_ETCD_MEMORY_MB`` (default 300 MB of values).
 """
@@ -24,9 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import SIDEKICK, Row, measure
+from bench.common import Row, baseline_tree, measure, tool
 from bench.etcd_save import _load
 
+# The revision before the page-by-page reader: its save ran etcdctl snapshot status.
+BASELINE_REV = os.environ.get("SIDEKICK_BENCH_BASELINE_REV", "3599ba3")
 SIZE_MB = int(os.environ.get("BENCH_ETCD_MEMORY_MB", "300"))
 RUNS = int(os.environ.get("BENCH_ETCD_MEMORY_RUNS", "3"))
 MIB = 2**20
@@ -66,10 +71,24 @@ def run() -> list[Row]:
                 raise RuntimeError(f"the reader says {facts}, etcdctl {expected}")
 
         root = node_root(work, ssl_files)
-        argv = [str(SIDEKICK), "rke-etcd-backup", *rke_save_argv(etcd.endpoint, "bench-snap", "--once")]
         save_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_"))},
                     "SIDEKICK_ROOT": str(root)}
-        save_s, save_peaks, _, _ = measure(argv, save_env, timeout=1800)
+        prefix, _ = tool()
+        save_s, save_peaks, _, _ = measure(
+            [*prefix, "rke-etcd-backup", *rke_save_argv(etcd.endpoint, "bench-snap", "--once")], save_env, timeout=1800)
+        tree = baseline_tree(work, BASELINE_REV)
+        old_rows = []
+        if tree:
+            old_prefix, old_extra = tool(tree)
+            old_s, old_peaks, _, _ = measure(
+                [*old_prefix, "rke-etcd-backup", *rke_save_argv(etcd.endpoint, "bench-snap-old", "--once")],
+                {**save_env, **old_extra}, timeout=1800)
+            old_rows = [
+                Row("save --once local: process-tree peak RSS", save_peaks.tree / MIB, "MiB", f"sidekick {BASELINE_REV}",
+                    old_peaks.tree / MIB, note=f"same snapshot; its save took {old_s:.1f}s"),
+                Row("save --once local: tool peak RSS", save_peaks.own / MIB, "MiB", f"sidekick {BASELINE_REV}",
+                    old_peaks.own / MIB),
+            ]
 
         status_mib = statistics.median(status_rss) / MIB
         return [
@@ -86,6 +105,7 @@ def run() -> list[Row]:
             Row("snapshot facts: bolt reader, the read alone", statistics.median(reading_s), "s",
                 "etcdctl snapshot status", statistics.median(status_s),
                 note="time inside the interpreter; etcdctl's figure is its whole run"),
+            *old_rows,
         ]
     finally:
         etcd.stop()

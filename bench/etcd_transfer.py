@@ -31,14 +31,13 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import REPO, SIDEKICK, Row
+from bench.common import Row, baseline_tree, tool
 from tests.harness.env import clean_env
 from tests.harness.ports import free_port, port_open
 
@@ -88,31 +87,11 @@ def _hwm_mib(pid: int) -> float:
     return 0.0
 
 
-def _tool(tree: Path | None) -> tuple[list[str], dict[str, str]]:
-    """The command prefix (and extra env) of this checkout's tool, or of an earlier one."""
-    if tree is None:
-        return [str(SIDEKICK)], {}
-    # -P: ``-m`` would otherwise put the working directory (this checkout) ahead of PYTHONPATH
-    return [sys.executable, "-P", "-m", "sidekick"], {"PYTHONPATH": str(tree)}
-
-
-def _baseline_tree(base: Path) -> Path | None:
-    """The ``sidekick`` package of :data:`BASELINE_REV`, unpacked under ``base``."""
-    tree = base / "baseline"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE_REV, "sidekick"], capture_output=True)
-    if archive.returncode != 0:
-        print(f"# etcd_transfer: no baseline revision {BASELINE_REV}", file=sys.stderr)
-        return None
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    return tree
-
-
 class _Server:
     def __init__(self, root: Path, tree: Path | None = None) -> None:
         self.port = free_port()
         self.began = time.perf_counter()
-        prefix, extra = _tool(tree)
+        prefix, extra = tool(tree)
         self.process = subprocess.Popen(
             [*prefix, "rke-etcd-backup", "etcd-backup", "serve", "--name", NAME, *CERTS],
             env={**_env(root, self.port), **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -215,7 +194,7 @@ class _Transfer:
 def _ours(server: _Server, peer: Path, size: int, tree: Path | None = None) -> _Transfer:
     (peer / "backup" / NAME).unlink(missing_ok=True)  # else it is "already here" and skipped
     before = _cpu_seconds(server.process.pid)
-    prefix, extra = _tool(tree)
+    prefix, extra = tool(tree)
     wall, rss, cpu, output = _run_measured(
         [*prefix, "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
          "--local-endpoint", "127.0.0.1", *CERTS],
@@ -259,7 +238,7 @@ def run() -> list[Row]:
         cold = _Server(source)  # extracts the zip before listening
         cold_rss = cold.stop()
         server = _Server(source)  # already extracted and verified
-        tree = _baseline_tree(base)
+        tree = baseline_tree(base, BASELINE_REV)
         old_server = _Server(source, tree) if tree else None
         ours: list[_Transfer] = []
         curls: list[_Transfer] = []
