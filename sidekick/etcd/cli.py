@@ -145,6 +145,11 @@ def _opt(flag: str, dest: str, **kw: Any) -> Decorator:
     return click.option(flag, dest, show_default=bool(kw.get("default")), **kw)
 
 
+def _text(flag: str, dest: str, envvar: str, help: str) -> Decorator:
+    """A string flag of ours, empty by default (the original's behaviour), with its env var shown in --help."""
+    return _opt(flag, dest, default="", envvar=envvar, show_envvar=True, help=help)
+
+
 def _bool(flag: str, dest: str, envvar: str | None = None, help: str = "") -> Decorator:
     return _opt(flag, dest, type=GO_BOOL, default=False, envvar=envvar, help=help, metavar="[=BOOL]")
 
@@ -193,40 +198,40 @@ OUTPUT = _opt("--output", "output", type=click.Choice(["table", "json"]), defaul
 DETAILS = _bool("--details", "details", None, "list: read each S3 object's metadata (one HEAD per object)")
 
 # Beyond the original's flags (opt-in; empty keeps its behaviour): sidekick.etcd.s3.S3Config.
-S3_ACCESS_FILE = _opt("--s3-accessKey-file", "s3_access_key_file", default="", envvar="S3_ACCESS_KEY_FILE", show_envvar=True,
-                      help="file holding the S3 access key (raw, trailing newline ignored)")
-S3_SECRET_FILE = _opt("--s3-secretKey-file", "s3_secret_key_file", default="", envvar="S3_SECRET_KEY_FILE", show_envvar=True,
-                      help="file holding the S3 secret key (raw, trailing newline ignored)")
-S3_TOKEN = _opt("--s3-session-token", "s3_session_token", default="", envvar="S3_SESSION_TOKEN", show_envvar=True,
-                help="session token of temporary S3 credentials")
-S3_SSE = _opt("--s3-sse", "s3_sse", default="", envvar="S3_SSE", show_envvar=True,
-              help="server-side encryption of uploads: AES256 (SSE-S3) or aws:kms (SSE-KMS)")
-S3_SSE_KMS = _opt("--s3-sse-kms-key-id", "s3_sse_kms_key_id", default="", envvar="S3_SSE_KMS_KEY_ID", show_envvar=True,
-                  help="KMS key id or ARN for SSE-KMS (implies --s3-sse=aws:kms)")
-S3_SSE_C = _opt("--s3-sse-c-key-file", "s3_sse_c_key_file", default="", envvar="S3_SSE_C_KEY_FILE", show_envvar=True,
-                help="file holding a 32-byte SSE-C key (raw or base64); sent on every PUT, GET and HEAD")
-S3_CHECKSUM = _opt("--s3-checksum", "s3_checksum", default="", envvar="S3_CHECKSUM", show_envvar=True,
-                   help="checksum on every PUT and part: CRC32, CRC32C, SHA1 or SHA256 (Object Lock buckets)")
-S3_ADDRESSING = _opt("--s3-addressing-style", "s3_addressing_style", default="", envvar="S3_ADDRESSING_STYLE", show_envvar=True,
-                     help="path or virtual (default: virtual for aliyun and AWS, path otherwise)")
-S3_PROXY = _opt("--s3-proxy", "s3_proxy", default="", envvar="S3_PROXY", show_envvar=True,
-                help="HTTP proxy URL for S3 (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY)")
+S3_ACCESS_FILE = _text("--s3-accessKey-file", "s3_access_key_file", "S3_ACCESS_KEY_FILE",
+                       help="file holding the S3 access key (raw, trailing newline ignored)")
+S3_SECRET_FILE = _text("--s3-secretKey-file", "s3_secret_key_file", "S3_SECRET_KEY_FILE",
+                       help="file holding the S3 secret key (raw, trailing newline ignored)")
+S3_TOKEN = _text("--s3-session-token", "s3_session_token", "S3_SESSION_TOKEN",
+                 help="session token of temporary S3 credentials")
+S3_SSE = _text("--s3-sse", "s3_sse", "S3_SSE",
+               help="server-side encryption of uploads: AES256 (SSE-S3) or aws:kms (SSE-KMS)")
+S3_SSE_KMS = _text("--s3-sse-kms-key-id", "s3_sse_kms_key_id", "S3_SSE_KMS_KEY_ID",
+                   help="KMS key id or ARN for SSE-KMS (implies --s3-sse=aws:kms)")
+S3_SSE_C = _text("--s3-sse-c-key-file", "s3_sse_c_key_file", "S3_SSE_C_KEY_FILE",
+                 help="file holding a 32-byte SSE-C key (raw or base64); sent on every PUT, GET and HEAD")
+S3_CHECKSUM = _text("--s3-checksum", "s3_checksum", "S3_CHECKSUM",
+                    help="checksum on every PUT and part: CRC32, CRC32C, SHA1 or SHA256 (Object Lock buckets)")
+S3_ADDRESSING = _text("--s3-addressing-style", "s3_addressing_style", "S3_ADDRESSING_STYLE",
+                      help="path or virtual (default: virtual for aliyun and AWS, path otherwise)")
+S3_PROXY = _text("--s3-proxy", "s3_proxy", "S3_PROXY",
+                 help="HTTP proxy URL for S3 (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY)")
 S3_INSECURE = _opt("--s3-insecure-skip-verify", "s3_insecure_skip_verify", type=GO_BOOL, default=False,
                    envvar="S3_INSECURE_SKIP_VERIFY", show_envvar=True, metavar="[=BOOL]",
                    help="do not verify the S3 endpoint's TLS certificate (logs a warning each time)")
 S3_EXTRA = [S3_ACCESS_FILE, S3_SECRET_FILE, S3_TOKEN, S3_SSE, S3_SSE_KMS, S3_SSE_C, S3_CHECKSUM, S3_ADDRESSING,
             S3_PROXY, S3_INSECURE]
 # Client-side encryption (sidekick.etcd.crypto): recipients for save, an identity to read.
-AGE_RECIPIENT = _opt("--age-recipient", "age_recipient", default="", envvar="SIDEKICK_AGE_RECIPIENTS", show_envvar=True,
-                     help="encrypt with age to these recipients (age1..., ssh-ed25519 ...; comma-separated)")
-AGE_RECIPIENTS_FILE = _opt("--age-recipients-file", "age_recipients_file", default="",
-                           envvar="SIDEKICK_AGE_RECIPIENTS_FILE", show_envvar=True, help="file of age recipients, one a line")
+AGE_RECIPIENT = _text("--age-recipient", "age_recipient", "SIDEKICK_AGE_RECIPIENTS",
+                      help="encrypt with age to these recipients (age1..., ssh-ed25519 ...; comma-separated)")
+AGE_RECIPIENTS_FILE = _text("--age-recipients-file", "age_recipients_file", "SIDEKICK_AGE_RECIPIENTS_FILE",
+                            help="file of age recipients, one a line")
 AGE_LOCAL = _opt("--age-encrypt-local", "age_encrypt_local", type=GO_BOOL, default=False,
                  envvar="SIDEKICK_AGE_ENCRYPT_LOCAL", show_envvar=True, metavar="[=BOOL]",
                  help="keep only the encrypted <name>.zip.age under /backup (serve and extractstatefile "
                  "then need the identity)")
-AGE_IDENTITY = _opt("--age-identity-file", "age_identity_file", default="", envvar="SIDEKICK_AGE_IDENTITY_FILE", show_envvar=True,
-                    help="age identity file (age-keygen's output) to decrypt <name>.zip.age")
+AGE_IDENTITY = _text("--age-identity-file", "age_identity_file", "SIDEKICK_AGE_IDENTITY_FILE",
+                     help="age identity file (age-keygen's output) to decrypt <name>.zip.age")
 AGE_SAVE = [AGE_RECIPIENT, AGE_RECIPIENTS_FILE, AGE_LOCAL]
 
 S3_COMMON = [S3_ENDPOINT, S3_ACCESS, S3_SECRET, S3_BUCKET, S3_REGION, S3_CA, S3_FOLDER, *S3_EXTRA]
