@@ -18,14 +18,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import SIDEKICK, Row, measure
-from bench.etcd_save import _load, _mbps
+from bench.etcd_save import _mbps, loaded_etcd
 
 SIZE_MB = int(os.environ.get("BENCH_ETCD_CRYPTO_MB", "512"))
 ROUNDS = int(os.environ.get("BENCH_ETCD_CRYPTO_ROUNDS", "2"))  # plain and age alternate; best of each
@@ -97,19 +96,13 @@ def _library_rows(archive: Path, work: Path) -> list[Row]:
 
 
 def run() -> list[Row]:
-    from tests.harness.etcd import EtcdServer
     from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags, rke_save_argv
-    from tests.harness.pki import CertificateAuthority, RkeSsl
     from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
     work = Path(tempfile.mkdtemp(prefix="bench-etcd-crypto-"))
-    ca = CertificateAuthority("kube-ca")
-    ssl_files = RkeSsl.create(work / "ssl", ca, "127.0.0.1")
-    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    ssl_files, etcd = loaded_etcd(work, SIZE_MB, "etcd_crypto")
     s3 = S3Server(work / "s3").start()
     try:
-        loaded = _load(etcd, SIZE_MB)
-        print(f"# etcd_crypto: loaded {loaded / 1e6:.0f} MB of JSON-ish values", file=sys.stderr)
         key = work / "age.key"
         subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
         public = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)

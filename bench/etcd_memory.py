@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import Row, baseline_tree, measure, tool
-from bench.etcd_save import _load
+from bench.etcd_save import loaded_etcd
 
 # The revision before the page-by-page reader: its save ran etcdctl snapshot status.
 BASELINE_REV = os.environ.get("SIDEKICK_BENCH_BASELINE_REV", "3599ba3")
@@ -41,16 +41,12 @@ READER = ("import json, sys, time; from pathlib import Path; from sidekick.etcd 
 
 
 def run() -> list[Row]:
-    from tests.harness.etcd import ETCDCTL, EtcdServer
+    from tests.harness.etcd import ETCDCTL
     from tests.harness.etcd_backup import node_root, rke_save_argv
-    from tests.harness.pki import CertificateAuthority, RkeSsl
 
     work = Path(tempfile.mkdtemp(prefix="bench-etcd-memory-"))
-    ssl_files = RkeSsl.create(work / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
-    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    ssl_files, etcd = loaded_etcd(work, SIZE_MB, "etcd_memory")
     try:
-        loaded = _load(etcd, SIZE_MB)
-        print(f"# etcd_memory: loaded {loaded / 1e6:.0f} MB of JSON-ish values", file=sys.stderr)
         snapshot = work / "plain.db"
         etcd.ctl("snapshot", "save", str(snapshot), timeout=600)
         size_note = f"snapshot {snapshot.stat().st_size / 1e6:.0f} MB"

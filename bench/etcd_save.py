@@ -28,6 +28,7 @@ import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -62,6 +63,24 @@ def _values(count: int, seed: int = 3) -> list[bytes]:
             size += len(text)
         out.append(("[" + ",".join(items) + "]").encode()[:VALUE_SIZE])
     return out
+
+
+def loaded_etcd(work: Path, total_mb: int, bench: str, pool: list[bytes] | None = None) -> tuple[Any, Any]:
+    """A real etcd member (TLS with RKE's certificates, loopback, an 8 GiB quota) started under
+    ``work`` and holding about ``total_mb`` MB of values (:func:`_load`): (its certificates,
+    the running server). The caller stops it."""
+    from tests.harness.etcd import EtcdServer
+    from tests.harness.pki import CertificateAuthority, RkeSsl
+
+    ssl_files = RkeSsl.create(work / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
+    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    try:
+        loaded = _load(etcd, total_mb, pool)
+    except BaseException:
+        etcd.stop()
+        raise
+    print(f"# {bench}: loaded {loaded / 1e6:.0f} MB of values", file=sys.stderr)
+    return ssl_files, etcd
 
 
 def _load(etcd: object, total_mb: int, pool: list[bytes] | None = None) -> int:
@@ -146,20 +165,14 @@ def _retention_rows(s3: object) -> list[Row]:
 
 
 def run() -> list[Row]:
-    from tests.harness.etcd import EtcdServer
     from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags, rke_save_argv
-    from tests.harness.pki import CertificateAuthority, RkeSsl
     from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
     work = Path(tempfile.mkdtemp(prefix="bench-etcd-save-"))
     rows: list[Row] = []
-    ca = CertificateAuthority("kube-ca")
-    ssl_files = RkeSsl.create(work / "ssl", ca, "127.0.0.1")
-    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    ssl_files, etcd = loaded_etcd(work, SIZE_MB, "etcd_save")
     s3 = S3Server(work / "s3").start()
     try:
-        loaded = _load(etcd, SIZE_MB)
-        print(f"# etcd_save: loaded {loaded / 1e6:.0f} MB of JSON-ish values", file=sys.stderr)
 
         # Baselines on the same data: etcdctl alone, then zip/gzip/zipfile of that file.
         raw = work / "plain.db"

@@ -22,22 +22,18 @@ import zipfile
 from pathlib import Path
 
 from bench.common import SIDEKICK, Row, measure
-from bench.etcd_save import _load
+from bench.etcd_save import loaded_etcd
 
 SIZE_MB = int(os.environ.get("BENCH_ETCD_VERIFY_MB", "512"))
 
 
 def run() -> list[Row]:
-    from tests.harness.etcd import ETCDCTL, EtcdServer
+    from tests.harness.etcd import ETCDCTL
     from tests.harness.etcd_backup import node_root, rke_save_argv
-    from tests.harness.pki import CertificateAuthority, RkeSsl
 
     work = Path(tempfile.mkdtemp(prefix="bench-etcd-verify-"))
-    ssl_files = RkeSsl.create(work / "ssl", CertificateAuthority("kube-ca"), "127.0.0.1")
-    etcd = EtcdServer(work / "etcd", ssl_files, extra_args=("--quota-backend-bytes=8589934592",)).start()
+    ssl_files, etcd = loaded_etcd(work, SIZE_MB, "etcd_verify")
     try:
-        loaded = _load(etcd, SIZE_MB)
-        print(f"# etcd_verify: loaded {loaded / 1e6:.0f} MB", file=sys.stderr)
         root = node_root(work, ssl_files)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_"))},
                "SIDEKICK_ROOT": str(root)}
