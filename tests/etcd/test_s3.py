@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import itertools
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from sidekick.etcd.budgets import Budgets
 from sidekick.etcd.options import Options
 from sidekick.etcd.retention import rolling_name
 from sidekick.etcd.s3 import (
+    PART_SIZE,
     S3Config,
     S3Error,
     S3Store,
@@ -26,12 +28,14 @@ from sidekick.etcd.s3 import (
     download_snapshot,
     endpoint_url,
     load_endpoint_ca,
+    part_ranges,
     stripped_ext,
 )
 from sidekick.etcd.save import Saver
 from sidekick.host.proc import Runner
 from sidekick.host.signals import StopRequest
 from sidekick.log import redact
+from tests.harness.faults import Fault, FaultyHttp
 from tests.harness.pki import CertificateAuthority
 from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -95,6 +99,27 @@ def store_for(server: S3Server, bucket: str, folder: str = "") -> S3Store:
     config = S3Config(endpoint=f"http://{server.endpoint}", bucket=bucket, folder=folder,
                       access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     return S3Store(config, budgets=Budgets(retry_wait=0))
+
+
+def test_download_parts_cover_the_object_once() -> None:
+    assert part_ranges(0) == [] and part_ranges(PART_SIZE) == []  # one plain GET
+    assert part_ranges(2 * PART_SIZE + 1) == [(0, PART_SIZE - 1), (PART_SIZE, 2 * PART_SIZE - 1),
+                                              (2 * PART_SIZE, 2 * PART_SIZE)]
+    for size in (PART_SIZE + 1, 3 * PART_SIZE, 5 * PART_SIZE - 7):
+        spans = part_ranges(size)
+        assert spans[0][0] == 0 and spans[-1][1] == size - 1
+        assert all(later[0] == earlier[1] + 1 for earlier, later in itertools.pairwise(spans))
+        assert all(0 < last - first + 1 <= PART_SIZE for first, last in spans)
+
+
+def request_params(store: S3Store, operation: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+
+    def hook(params: dict[str, Any], **_kwargs: Any) -> None:
+        seen.append(dict(params))
+
+    store.client.meta.events.register(f"before-parameter-build.s3.{operation}", hook)
+    return seen
 
 
 def count_calls(store: S3Store, operation: str) -> list[int]:
@@ -177,6 +202,59 @@ def test_download_snapshot_verified(tmp_path: Path, s3_http: S3Server) -> None:
         with pytest.raises(S3Error, match="no backups found"):
             download_snapshot(store, "absent", backup)
     assert sorted(p.name for p in backup.iterdir()) == ["snap.zip"]
+
+
+@pytest.mark.integration
+def test_a_large_download_comes_in_ranged_gets_of_one_version(tmp_path: Path, s3_http: S3Server) -> None:
+    bucket = s3_http.new_bucket()
+    client = s3_http.client()
+    body = os.urandom(2 * PART_SIZE + 12345)
+    digest = hashlib.sha256(body).hexdigest()
+    client.put_object(Bucket=bucket, Key="big.zip", Body=body, Metadata={"archive-sha256": digest})
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    received: list[int] = []
+    with store_for(s3_http, bucket) as store:
+        gets = request_params(store, "GetObject")
+        assert store.download_to("big.zip", backup / "big.zip", on_bytes=received.append) == digest
+        head = store.head("big.zip")
+        assert (backup / "big.zip").read_bytes() == body and sum(received) == len(body)
+        assert sorted(g["Range"] for g in gets) == sorted(f"bytes={a}-{b}" for a, b in part_ranges(len(body)))
+        assert {g["IfMatch"] for g in gets} == {head.etag} and head.etag
+
+        # Replaced between the HeadObject and the GETs: no file made of two versions.
+        client.put_object(Bucket=bucket, Key="big.zip", Body=body[::-1])
+        with pytest.raises(S3Error, match=r"failed to download big\.zip: .*PreconditionFailed"):
+            store.fetch("big.zip", backup / "again.zip", size=head.size, expected=digest, etag=head.etag)
+    assert sorted(p.name for p in backup.iterdir()) == ["big.zip"]
+
+
+@pytest.mark.integration
+def test_a_part_cut_short_fails_the_attempt_and_the_retry_fetches_it_whole(tmp_path: Path, s3_http: S3Server) -> None:
+    bucket = s3_http.new_bucket()
+    body = os.urandom(PART_SIZE + 4096)
+    digest = hashlib.sha256(body).hexdigest()
+    s3_http.client().put_object(Bucket=bucket, Key="big.zip", Body=body, Metadata={"archive-sha256": digest})
+    gets = 0
+
+    def rule(method: str, path: str) -> Fault | None:
+        nonlocal gets
+        if method != "GET" or not path.endswith("/big.zip"):
+            return None
+        gets += 1
+        return Fault(reset=4096) if gets == 1 else None  # the connection dies inside the first part's body
+
+    proxy = FaultyHttp(s3_http.port, rule)
+    config = S3Config(endpoint=proxy.endpoint, bucket=bucket, access_key=ACCESS_KEY,
+                      secret_key=SECRET_KEY)
+    try:
+        with S3Store(config, budgets=Budgets(retry_wait=0)) as store:
+            assert store.download_to("big.zip", tmp_path / "big.zip") == digest
+    finally:
+        proxy.close()
+    assert (tmp_path / "big.zip").read_bytes() == body
+    assert 3 <= gets <= 4  # two parts, one of them twice, the other at most twice
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zip"]
 
 
 @pytest.mark.integration
@@ -286,7 +364,7 @@ def test_delete_falls_back_without_delete_objects(s3_http: S3Server) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=b"")
     proxy = NoMultiDeleteProxy(s3_http)
     try:
-        config = S3Config(endpoint=f"http://{proxy.endpoint}", bucket=bucket, access_key=ACCESS_KEY,
+        config = S3Config(endpoint=proxy.endpoint, bucket=bucket, access_key=ACCESS_KEY,
                           secret_key=SECRET_KEY)
         with S3Store(config) as store:
             assert store.delete_keys(keys[:3]) == keys[:3]
