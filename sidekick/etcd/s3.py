@@ -16,7 +16,7 @@ at upload.
 
 Cost: botocore alone (not boto3, whose import and session cost a small ``save --once`` about a
 third of its time) and one botocore session per process, which keeps the parsed models (as
-plain dicts: :func:`_data_loader`). An object of at most ``PART_SIZE`` goes in one PutObject
+plain dicts, the endpoint table trimmed: :func:`_data_loader`). An object of at most ``PART_SIZE`` goes in one PutObject
 streamed from the file, without s3transfer's threads; only larger uploads import s3transfer.
 Memory bound of an upload: parts are read from the file while they are sent (s3transfer's
 ``ReadFileChunk``), never held whole, so it costs about ``CONCURRENCY`` threads * their 1 MiB
@@ -327,32 +327,51 @@ def _session() -> Any:
     return core
 
 
+# endpoints.json entries the clients of this process read, by endpoint prefix: S3's, and those
+# of the services botocore's credential chain calls (STS: web identity, assumed roles; SSO, its
+# OIDC, sign-in). A client of any other service would be given botocore's assumed endpoint.
+ENDPOINT_PREFIXES = frozenset({"s3", "sts", "portal.sso", "oidc", "signin"})
+
+
 def _data_loader(search_path: str | None) -> Any:
     """botocore's model loader (``AWS_DATA_PATH`` honoured as botocore does) that parses its
-    JSON into plain dicts.
+    JSON into plain dicts and keeps of endpoints.json only :data:`ENDPOINT_PREFIXES`.
 
     botocore builds every JSON object of its models as an ``OrderedDict``, about twice a
-    dict's size; the models one S3 client loads (endpoints.json for all services, the S3
-    service model and endpoint rules) then hold 11 MiB, 6 MiB of them for endpoints.json
-    alone. As dicts, 7 MiB: a client costs 4 MiB less RSS (measured with the etcd footprint
-    bench's botocore floor: 44.5 -> 40.3 MiB). Dicts keep insertion order, all the models'
-    readers rely on; none of them uses what only an ``OrderedDict`` has.
+    dict's size, and keeps endpoints.json, the legacy endpoint table of all 300 services, for
+    the life of the client: of the 11 MiB of models one S3 client held, 6.7 MiB were that
+    table. Here the table is parsed whole, trimmed to the services this tool talks to and
+    freed before the S3 model is read; one client then costs 7 MiB less RSS (measured as the
+    etcd footprint bench's botocore floor, with :func:`sidekick.host.memory.bound_malloc`:
+    44.5 -> 37.8 MiB). Dicts keep insertion order, which the models' readers rely on, and none
+    of them uses what only an ``OrderedDict`` has; an S3 client signs and addresses every
+    request as botocore's own does (tests/etcd/test_s3.py compares them).
     """
     import json
 
     from botocore.loaders import JSONFileLoader, create_loader
 
-    class PlainJSONLoader(JSONFileLoader):
+    class ModelLoader(JSONFileLoader):
         # The one place botocore turns a model file into objects; if a botocore release
         # renames it, its own (OrderedDict) parsing is used again and only memory changes.
         def _load_file(self, full_path: str, open_method: Callable[..., Any]) -> Any:
             if not os.path.isfile(full_path):
                 return None
             with open_method(full_path, "rb") as fp:
-                return json.loads(fp.read())
+                text = fp.read().decode("utf-8")  # the bytes are freed before the parse
+            return json.loads(text)
+
+        def load_file(self, file_path: str) -> Any:
+            data = super().load_file(file_path)
+            if os.path.basename(file_path) == "endpoints" and isinstance(data, dict):
+                for partition in data.get("partitions", []):
+                    services = partition.get("services")
+                    if isinstance(services, dict):
+                        partition["services"] = {k: v for k, v in services.items() if k in ENDPOINT_PREFIXES}
+            return data
 
     loader = create_loader(search_path)
-    loader.file_loader = PlainJSONLoader()
+    loader.file_loader = ModelLoader()
     return loader
 
 

@@ -59,6 +59,60 @@ def test_decoded_keys_become_log_secrets() -> None:
     assert "decoded-secret-key" not in repr(config)
 
 
+class _Sent(Exception):
+    """Raised by a ``before-send`` hook: the request was built and signed, and goes no further."""
+
+
+def signed_requests(session: Any, region: str, endpoint: str, style: str) -> list[tuple[str, str, str, list[str]]]:
+    """What an S3 client of ``session`` would send for our operations: method, URL, credential
+    scope and header names (minus the ones that change with time), stopped before the network."""
+    from botocore.config import Config
+
+    client = session.create_client("s3", endpoint_url=endpoint, region_name=region, aws_access_key_id="AK",
+                                   aws_secret_access_key="SK", config=Config(s3={"addressing_style": style}))
+    sent: list[tuple[str, str, str, list[str]]] = []
+
+    def stop(request: Any, **_kwargs: Any) -> None:
+        auth = request.headers.get("Authorization", b"").decode()
+        scope = auth.split("Credential=", 1)[-1].split(",", 1)[0]
+        names = sorted(k for k in request.headers if k.lower() not in ("x-amz-date", "authorization", "user-agent",
+                                                                        "amz-sdk-invocation-id", "amz-sdk-request"))
+        sent.append((request.method, request.url, scope, names))
+        raise _Sent
+
+    client.meta.events.register("before-send", stop)
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("head_bucket", {}), ("list_objects_v2", {"Prefix": "f/"}), ("head_object", {"Key": "f/s.zip"}),
+        ("get_object", {"Key": "f/s.zip", "Range": "bytes=0-9"}), ("put_object", {"Key": "f/s.zip", "Body": b"x"}),
+        ("delete_objects", {"Delete": {"Objects": [{"Key": "f/s.zip"}]}})]
+    for operation, params in calls:
+        with pytest.raises(_Sent):
+            getattr(client, operation)(Bucket="bkt", **params)
+    client.close()
+    return sent
+
+
+def test_our_model_loader_makes_the_client_botocore_makes() -> None:
+    """Plain dicts and the trimmed endpoint table (:func:`sidekick.etcd.s3._data_loader`) change
+    no request: same URL, signing scope and headers as a stock botocore session's client."""
+    import botocore.session
+
+    from sidekick.etcd.s3 import ENDPOINT_PREFIXES, _data_loader
+
+    ours = botocore.session.get_session()
+    ours.register_component("data_loader", _data_loader(None))
+    stock = botocore.session.get_session()
+    for region in ("us-east-1", "us-west-2", "cn-north-1", "us-gov-west-1", "aws-global", "minio-region"):
+        for endpoint in ("https://s3.amazonaws.com", "https://s3.eu-west-1.amazonaws.com",
+                         "https://s3.cn-north-1.amazonaws.com.cn", "https://minio.local:9000",
+                         "https://oss-cn-hangzhou.aliyuncs.com"):
+            for style in ("path", "virtual", "auto"):
+                assert signed_requests(ours, region, endpoint, style) == signed_requests(stock, region, endpoint, style)
+    table = ours.get_component("data_loader").load_data("endpoints")
+    assert {name for partition in table["partitions"] for name in partition["services"]} <= ENDPOINT_PREFIXES
+    assert type(table) is dict
+
+
 def test_endpoint_scheme_and_addressing() -> None:
     assert endpoint_url("minio.local:9000") == "https://minio.local:9000"
     assert endpoint_url("") == "https://s3.amazonaws.com"
