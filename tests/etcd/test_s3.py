@@ -418,7 +418,7 @@ def test_delete_falls_back_without_delete_objects(s3_http: S3Server) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=b"")
     proxy = NoMultiDeleteProxy(s3_http)
     try:
-        config = S3Config(endpoint=proxy.endpoint, bucket=bucket, access_key=ACCESS_KEY,
+        config = S3Config(endpoint=f"http://{proxy.endpoint}", bucket=bucket, access_key=ACCESS_KEY,
                           secret_key=SECRET_KEY)
         with S3Store(config) as store:
             assert store.delete_keys(keys[:3]) == keys[:3]
