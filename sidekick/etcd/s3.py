@@ -16,14 +16,14 @@ at upload.
 
 Cost: botocore alone (not boto3, whose import and session cost a small ``save --once`` about a
 third of its time) and one botocore session per process, which keeps the parsed models (as
-plain dicts, the endpoint table trimmed: :func:`_data_loader`). An object of at most ``PART_SIZE`` goes in one PutObject
-streamed from the file, without s3transfer's threads; only larger uploads import s3transfer.
-Memory bound of an upload: parts are read from the file while they are sent (s3transfer's
-``ReadFileChunk``), never held whole, so it costs about ``CONCURRENCY`` threads * their 1 MiB
-read buffers, whatever the size. Downloads never load s3transfer: :meth:`S3Store.fetch` GETs
-the object in ranges of ``PART_SIZE``, ``CONCURRENCY`` at a time, each written at its offset
-``READ_PIECE`` by ``READ_PIECE`` as it arrives, so a download holds at most ``CONCURRENCY *
-READ_PIECE`` (1 MiB) of the object, whatever the size.
+plain dicts, the endpoint table trimmed: :func:`_data_loader`). An object of at most
+``PART_SIZE`` goes in one PutObject streamed from the file, without s3transfer's threads; only
+larger uploads import s3transfer. Memory bound of an upload: parts are read from the file
+while they are sent (s3transfer's ``ReadFileChunk``), never held whole, so it costs about
+``CONCURRENCY`` threads * their 1 MiB read buffers, whatever the size. Downloads never load
+s3transfer: :meth:`S3Store.fetch` GETs the object in ranges of ``PART_SIZE``, ``CONCURRENCY``
+at a time, each written at its offset ``READ_PIECE`` by ``READ_PIECE`` as it arrives, so a
+download holds about ``CONCURRENCY * READ_PIECE`` (1 MiB) of the object, whatever the size.
 """
 
 from __future__ import annotations
@@ -341,11 +341,12 @@ def _data_loader(search_path: str | None) -> Any:
     dict's size, and keeps endpoints.json, the legacy endpoint table of all 300 services, for
     the life of the client: of the 11 MiB of models one S3 client held, 6.7 MiB were that
     table. Here the table is parsed whole, trimmed to the services this tool talks to and
-    freed before the S3 model is read; one client then costs 7 MiB less RSS (measured as the
-    etcd footprint bench's botocore floor, with :func:`sidekick.host.memory.bound_malloc`:
-    44.5 -> 37.8 MiB). Dicts keep insertion order, which the models' readers rely on, and none
-    of them uses what only an ``OrderedDict`` has; an S3 client signs and addresses every
-    request as botocore's own does (tests/etcd/test_s3.py compares them).
+    freed before the S3 model is read; one client then costs 7 MiB less RSS (etcd footprint
+    bench: a stock botocore client 46.2 MiB, the same client as sidekick makes it 39.2 MiB,
+    sidekick.etcd.s3 and the malloc bounds included). Dicts keep insertion order, which the
+    models' readers rely on, and none of them uses what only an ``OrderedDict`` has; an S3
+    client signs and addresses every request as botocore's own does (tests/etcd/test_s3.py
+    compares them).
     """
     import json
 
@@ -865,9 +866,10 @@ class S3Store:
         threads (this one included); the first failure stops the others and is raised.
 
         Not s3transfer: its download keeps an IO queue of pieces that a separate thread
-        writes, a HeadObject of its own and thread pools, and its import pulls in
-        ``multiprocessing``; measured with the etcd footprint bench, a 20 MB object cost 6 MiB
-        above the client's RSS through it, 2 MiB this way (each thread writes its own pieces).
+        writes, makes a HeadObject of its own, and its import pulls in ``multiprocessing``.
+        Above the client's RSS, it cost 6 MiB for the footprint bench's 20 MB archive and 12 MiB
+        for a 256 MiB object; this way 2.5 MiB for either (each thread writes its own pieces),
+        at the same speed against moto.
         """
         ranges = part_ranges(size)
         if not ranges:
