@@ -22,9 +22,8 @@ revision (``SIDEKICK_BENCH_BASELINE_REV``, default ``3599ba3``: before the memor
 work of issue 15), run by the same interpreter with the same libraries.
 
 The tiny runs are steady-state runs: /backup already holds the earlier tiny snapshots, as on a
-node that takes snapshots on a schedule. Child interpreters keep compiled modules in a cache
-under the bench's temp directory (``PYTHONDONTWRITEBYTECODE`` removed): the image ships them
-compiled, and a run that compiles sidekick every time would measure the compiler.
+node that takes snapshots on a schedule. Both sidekicks run from bytecode compiled ahead, as the
+image ships it (``bench.common.compile_package``).
 """
 
 from __future__ import annotations
@@ -112,10 +111,8 @@ def run() -> list[Row]:
         loaded = _load(modest, SIZE_MB)
         root = node_root(work, ssl_files)
         bucket = s3.new_bucket("footprint")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("S3_", "SIDEKICK_", "AWS_")) and k != "PYTHONDONTWRITEBYTECODE"}
-        env.update({"SIDEKICK_ROOT": str(root), "PYTHONPYCACHEPREFIX": str(work / "pyc"),
-                    **rke_s3_env(ACCESS_KEY, SECRET_KEY)})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_", "AWS_"))}
+        env.update({"SIDEKICK_ROOT": str(root), **rke_s3_env(ACCESS_KEY, SECRET_KEY)})
         prefix, _ = tool()
         tree = baseline_tree(work, BASELINE_REV)
         old_prefix, old_extra = tool(tree)
@@ -131,7 +128,7 @@ def run() -> list[Row]:
                         f"--cert={ssl_files.node_cert}", f"--key={ssl_files.node_key}", "snapshot", "save", str(raw)]
         ctl_env = {**env, "ETCDCTL_API": "3"}
 
-        # One untimed run compiles the modules; then the interleaved rounds.
+        # One untimed run warms the caches; then the interleaved rounds.
         measure(save(tiny.endpoint, "tiny-first", *s3_flags), env)
         botocore_floor = [sys.executable, "-c", BOTOCORE_FLOOR, s3.url]
         if tree:

@@ -142,6 +142,32 @@ def _debug_traceback() -> None:
     logging.getLogger("sidekick").debug("traceback of the unexpected error", exc_info=True)
 
 
-def run() -> None:
-    """Console-script entry: only this calls ``sys.exit``."""
-    sys.exit(main())
+def run(argv: list[str] | None = None) -> None:
+    """The executable's entry (console script, ``python -m sidekick``, the volume's launcher):
+    the one place that ends the process."""
+    _exit(main(argv))
+
+
+def _exit(code: int) -> None:
+    """End the process without the interpreter's teardown once nothing is left to finish.
+
+    Teardown frees every object one at a time: after an S3 command that is botocore's models,
+    about 0.1 s (a quarter of a small ``save --once``) spent on memory the kernel takes back
+    anyway. By now the tool has returned: its files are written, synced and renamed, and its
+    last line is out. atexit handlers still run (logging's flush) and stdio is flushed; while
+    a non-daemon thread is alive, the interpreter's own exit joins it as usual.
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+        not t.daemon and t.is_alive() and t is not threading.main_thread() for t in threading.enumerate()
+    ):
+        sys.exit(code)
+    import atexit
+    import contextlib
+    import posix
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said on it
+            stream.flush()
+    posix._exit(code)

@@ -191,3 +191,36 @@ def test_unexpected_error_traceback_only_at_debug(monkeypatch: pytest.MonkeyPatc
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError" in err
     assert last_line(err).startswith('time="') and "unexpected error in crash: KeyError" in last_line(err)
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=30)
+
+
+@pytest.mark.integration
+def test_the_fast_exit_keeps_the_code_the_output_and_the_exit_handlers() -> None:
+    """``run`` skips the interpreter's teardown, not what the end of a process owes: the exit
+    code, every byte written to a pipe, atexit handlers."""
+    out = _python(
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('atexit ran\\n'))\n"
+        "sys.stdout.write('x' * 300000)\n"
+        "from sidekick.dispatch import run\n"
+        "run(['sidekick', 'no-such-tool'])\n"
+    )
+    assert out.returncode == 2
+    assert out.stdout == "x" * 300000
+    assert "no-such-tool" in out.stderr and out.stderr.endswith("atexit ran\n")
+
+
+@pytest.mark.integration
+def test_a_running_non_daemon_thread_still_finishes(tmp_path: Path) -> None:
+    marker = tmp_path / "thread-done"
+    out = _python(
+        "import threading, time\n"
+        f"threading.Thread(target=lambda: (time.sleep(0.3), open({str(marker)!r}, 'w').close())).start()\n"
+        "from sidekick.dispatch import run\n"
+        "run(['sidekick', '--help'])\n"
+    )
+    assert out.returncode == 0 and "cert-deployer" in out.stdout
+    assert marker.exists()

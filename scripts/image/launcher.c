@@ -50,8 +50,8 @@
     "    else: env.pop(n, None); posix.unsetenv(n)\n"                 \
     "del env, n, k, v\n"                                              \
     "sys.path.append(sys.prefix + '/lib/python3/site-packages')\n"   \
-    "from sidekick.dispatch import main\n"                            \
-    "sys.exit(main(sys.argv[1:]))\n"
+    "from sidekick.dispatch import run\n"                             \
+    "run(sys.argv[1:])\n"
 
 static void fail(const char *what, const char *path)
 {

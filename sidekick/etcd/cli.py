@@ -27,13 +27,13 @@ from sidekick.etcd.layout import check_name_fits
 from sidekick.etcd.options import (
     DEFAULT_BACKUP_RETRIES,
     DEFAULT_S3_RETRIES,
+    KEEP_OPTIONS,
     Options,
     check_retries,
     parse_go_duration,
     retry_wait_from_env,
     validate_name,
 )
-from sidekick.etcd.retention import KEEP_OPTIONS, parse_policy
 
 PROG = "rke-etcd-backup"
 
@@ -253,6 +253,8 @@ def build_options(command: str, params: dict[str, Any]) -> Options:
     keep = {o.param: params.pop(o.param) for o in KEEP_OPTIONS if o.param in params}
     opts = Options(command=command, retry_wait=retry_wait_from_env(), keep=keep, **params)
     if keep:
+        from sidekick.etcd.retention import parse_policy
+
         parse_policy(within=opts.retention, flags=keep, env=os.environ)  # bad counts: a usage error now
     # Register before anything can log them (a decoded form is registered by the S3 code).
     sklog.register_secret(opts.s3_access_key)

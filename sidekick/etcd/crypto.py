@@ -35,7 +35,6 @@ line, no telemetry answer, no signal handled meanwhile), so they are not used.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -210,6 +209,8 @@ class _Writer:
     """A file writer for pyrage that hashes what it writes (the plaintext, when decrypting)."""
 
     def __init__(self, target: BinaryIO) -> None:
+        import hashlib  # as pyrage: only where something is encrypted or decrypted (serve may not)
+
         self.target = target
         self.hasher = hashlib.sha256()
         self.size = 0
@@ -232,6 +233,8 @@ def encrypt_stream(source: BinaryIO, target: BinaryIO, recipients: Sequence[Any]
                    stop: StopRequest | None = None,
                    on_bytes: Callable[[int], None] | None = None) -> str:
     """Encrypt ``source`` into ``target``; return the plaintext's SHA-256."""
+    import hashlib
+
     import pyrage
 
     hasher = hashlib.sha256()

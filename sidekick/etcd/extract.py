@@ -32,7 +32,6 @@ import posixpath
 import struct
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, cast
@@ -45,7 +44,7 @@ from sidekick.etcd import layout, verified
 from sidekick.etcd.archive import read_manifest
 from sidekick.etcd.progress import Progress
 from sidekick.etcd.stream import HashingWriter
-from sidekick.etcd.verified import Digest
+from sidekick.etcd.verified import Digest, SnapshotFile
 from sidekick.host.files import atomic_output, atomic_write, remove_leftovers
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
@@ -262,32 +261,6 @@ def matches(known: Digest | None, info: zipfile.ZipInfo, expected_sha256: str | 
     if expected_sha256:
         return known.sha256 == expected_sha256.lower()
     return known.crc32 is not None and known.crc32 == info.CRC
-
-
-@dataclass(frozen=True)
-class SnapshotFile:
-    """The uncompressed snapshot ready to be served; ``digest`` None when nothing vouches for it."""
-
-    path: Path
-    digest: Digest | None
-    origin: str  # "extracted", "already verified", "uncompressed file"
-
-
-def ensure_snapshot(name: str, *, stop: StopRequest) -> SnapshotFile:
-    """Make ``/backup/<name>`` exist and match ``/backup/<name>.zip`` when there is one.
-
-    A file already verified against the same archive entry is kept as it is (this is what
-    lets ``serve`` listen within a second on a second start).
-    """
-    dest = destination(layout.snapshot_entry(name), layout.BACKUP_DIR)
-    zip_path = layout.archive_path(name)
-    if zip_path.exists():
-        return extract_snapshot(name, zip_path, stop=stop)
-    if dest.is_file():
-        return SnapshotFile(dest, verified.recall(dest), "uncompressed file")
-    raise SidekickError(
-        f"snapshot {name} not found: neither {layout.archive_entry(name)} nor {layout.snapshot_entry(name)} exists"
-    )
 
 
 def extract_snapshot(name: str, zip_path: Path, *, stop: StopRequest) -> SnapshotFile:

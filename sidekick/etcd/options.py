@@ -94,7 +94,7 @@ class Options:
     s3_retries: int = DEFAULT_S3_RETRIES
     cleanup: bool = False
     debug: bool = False
-    keep: dict[str, str | None] = field(default_factory=dict)  # --keep-* as given (retention.KEEP_OPTIONS)
+    keep: dict[str, str | None] = field(default_factory=dict)  # --keep-* as given (KEEP_OPTIONS)
     dry_run: bool = False
     s3_catch_up: int = 0
     retry_wait: float = DEFAULT_RETRY_WAIT
@@ -116,6 +116,41 @@ class Options:
     s3_addressing_style: str = ""
     s3_proxy: str = field(default="", repr=False)
     s3_insecure_skip_verify: bool = False
+
+
+# --keep-*: the retention policy's opt-in rules (sidekick.etcd.retention applies them).
+DEFAULT_FLOOR = 1
+
+
+@dataclass(frozen=True)
+class KeepOption:
+    """One opt-in flag of the policy, its env var, and its help line."""
+
+    flag: str
+    env: str
+    field: str
+    help: str
+
+    @property
+    def param(self) -> str:
+        """The click parameter name (``keep_last``)."""
+        return self.flag[2:].replace("-", "_")
+
+
+KEEP_OPTIONS = (
+    KeepOption("--keep-last", "SIDEKICK_KEEP_LAST", "last", "keep the N newest snapshots"),
+    KeepOption("--keep-hourly", "SIDEKICK_KEEP_HOURLY", "hourly",
+               "keep the newest snapshot of each of the N most recent hours that have one (UTC)"),
+    KeepOption("--keep-daily", "SIDEKICK_KEEP_DAILY", "daily",
+               "keep the newest snapshot of each of the N most recent days that have one (UTC)"),
+    KeepOption("--keep-weekly", "SIDEKICK_KEEP_WEEKLY", "weekly",
+               "keep the newest snapshot of each of the N most recent ISO weeks that have one (UTC)"),
+    KeepOption("--keep-monthly", "SIDEKICK_KEEP_MONTHLY", "monthly",
+               "keep the newest snapshot of each of the N most recent months that have one (UTC)"),
+    KeepOption("--keep-floor", "SIDEKICK_KEEP_FLOOR", "floor",
+               f"never delete the N newest successful snapshots, whatever the other rules say "
+               f"(default {DEFAULT_FLOOR}; 0 turns the floor off)"),
+)
 
 
 def retry_wait_from_env() -> float:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sidekick.errors import UsageError
-from sidekick.etcd.options import format_go_duration
+from sidekick.etcd.options import DEFAULT_FLOOR, KEEP_OPTIONS, format_go_duration
 from sidekick.host.files import TEMP_PREFIX
 
 # Go's time.RFC3339 as time.Parse accepts it (fractional seconds allowed).
@@ -214,7 +214,6 @@ def local_rancher(files: Iterable[LocalFile], *, name: str) -> list[Snapshot]:
 
 
 # --- the policy ---------------------------------------------------------------------------
-DEFAULT_FLOOR = 1
 MAX_KEEP = 1_000_000  # a snapshot a minute for almost two years; anything larger is a typo
 
 
@@ -243,35 +242,6 @@ class Policy:
         return " ".join(parts) or "keep everything"
 
 
-@dataclass(frozen=True)
-class KeepOption:
-    """One opt-in flag of the policy, its env var, and its help line."""
-
-    flag: str
-    env: str
-    field: str
-    help: str
-
-    @property
-    def param(self) -> str:
-        """The click parameter name (``keep_last``)."""
-        return self.flag[2:].replace("-", "_")
-
-
-KEEP_OPTIONS = (
-    KeepOption("--keep-last", "SIDEKICK_KEEP_LAST", "last", "keep the N newest snapshots"),
-    KeepOption("--keep-hourly", "SIDEKICK_KEEP_HOURLY", "hourly",
-               "keep the newest snapshot of each of the N most recent hours that have one (UTC)"),
-    KeepOption("--keep-daily", "SIDEKICK_KEEP_DAILY", "daily",
-               "keep the newest snapshot of each of the N most recent days that have one (UTC)"),
-    KeepOption("--keep-weekly", "SIDEKICK_KEEP_WEEKLY", "weekly",
-               "keep the newest snapshot of each of the N most recent ISO weeks that have one (UTC)"),
-    KeepOption("--keep-monthly", "SIDEKICK_KEEP_MONTHLY", "monthly",
-               "keep the newest snapshot of each of the N most recent months that have one (UTC)"),
-    KeepOption("--keep-floor", "SIDEKICK_KEEP_FLOOR", "floor",
-               f"never delete the N newest successful snapshots, whatever the other rules say "
-               f"(default {DEFAULT_FLOOR}; 0 turns the floor off)"),
-)
 
 _COUNT = re.compile(r"[0-9]+")
 

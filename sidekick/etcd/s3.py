@@ -52,6 +52,7 @@ from sidekick.etcd import crypto
 from sidekick.etcd.budgets import S3_CONNECT, S3_REQUEST, S3_TRANSFER, Budgets
 from sidekick.host.files import atomic_output, temp_path
 from sidekick.host.guard import Guard, bounded
+from sidekick.host.memory import collector_paused
 from sidekick.host.signals import StopRequest
 from sidekick.log import kv
 
@@ -317,7 +318,8 @@ class S3Config:
 @functools.cache
 def _session() -> Any:
     """One botocore session per process: it keeps the parsed S3 models, the costly part of a client."""
-    import botocore.session
+    with collector_paused():
+        import botocore.session
 
     core = botocore.session.get_session()
     # botocore parses every LastModified with dateutil (~100 us each): a listing of 10,000
@@ -381,8 +383,9 @@ def warm_up() -> None:
     thread while etcd takes a small snapshot). A client with placeholder keys and endpoint:
     nothing is sent, no credential chain is asked."""
     try:
-        _session().create_client("s3", region_name=DEFAULT_REGION, endpoint_url="https://127.0.0.1",
-                                 aws_access_key_id="warm-up", aws_secret_access_key="warm-up").close()
+        with collector_paused():
+            _session().create_client("s3", region_name=DEFAULT_REGION, endpoint_url="https://127.0.0.1",
+                                     aws_access_key_id="warm-up", aws_secret_access_key="warm-up").close()
     except Exception as err:  # the real client will say what is wrong
         log.debug("S3 warm-up failed: %s", err)
 
@@ -532,26 +535,27 @@ class S3Store:
         extra: dict[str, Any] = {}
         if cfg.proxy:
             extra["proxies"] = {"http": cfg.proxy, "https": cfg.proxy}
-        return _session().create_client(
-            "s3",
-            endpoint_url=endpoint_url(cfg.endpoint),
-            region_name=cfg.region or DEFAULT_REGION,
-            verify=verify,
-            config=Config(
-                connect_timeout=min(self.budgets.seconds(S3_CONNECT), request),
-                read_timeout=request,
-                retries={"total_max_attempts": 1, "mode": "standard"},  # the store's policy retries
-                s3={"addressing_style": cfg.addressing or addressing_style(cfg.endpoint)},  # type: ignore[arg-type]
-                max_pool_connections=CONCURRENCY + 4,
-                # Newer botocore adds CRC headers to every request; many S3-compatible
-                # servers (older minio, Ceph) reject them. Checksums only where required,
-                # unless --s3-checksum asks for one on every PUT and part (Object Lock).
-                request_checksum_calculation="when_supported" if cfg.checksum else "when_required",
-                response_checksum_validation="when_required",
-                **extra,
-            ),
-            **kwargs,
-        )
+        with collector_paused():  # the S3 models load here unless a warm-up did it
+            return _session().create_client(
+                "s3",
+                endpoint_url=endpoint_url(cfg.endpoint),
+                region_name=cfg.region or DEFAULT_REGION,
+                verify=verify,
+                config=Config(
+                    connect_timeout=min(self.budgets.seconds(S3_CONNECT), request),
+                    read_timeout=request,
+                    retries={"total_max_attempts": 1, "mode": "standard"},  # the store's policy retries
+                    s3={"addressing_style": cfg.addressing or addressing_style(cfg.endpoint)},  # type: ignore[arg-type]
+                    max_pool_connections=CONCURRENCY + 4,
+                    # Newer botocore adds CRC headers to every request; many S3-compatible
+                    # servers (older minio, Ceph) reject them. Checksums only where required,
+                    # unless --s3-checksum asks for one on every PUT and part (Object Lock).
+                    request_checksum_calculation="when_supported" if cfg.checksum else "when_required",
+                    response_checksum_validation="when_required",
+                    **extra,
+                ),
+                **kwargs,
+            )
 
     def close(self) -> None:
         if self._ca_file:

@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidekick.errors import SidekickError, UsageError
-from sidekick.etcd import layout
+from sidekick.etcd import layout, verified
 from sidekick.etcd.budgets import HANDSHAKE, PEER_IO, Budgets
-from sidekick.etcd.extract import ensure_snapshot, extract_snapshot
 from sidekick.etcd.options import Options, serve_address, serve_port
 from sidekick.etcd.progress import Progress, mb_per_s
 from sidekick.etcd.stopping import stoppable
@@ -63,7 +62,7 @@ log = logging.getLogger(__name__)
 MAX_CLIENTS = 16
 MAX_PENDING = 512
 MAX_PENDING_PER_SOURCE = 128
-CHUNK = 1 << 20
+CHUNK = 256 << 10  # per transfer: read from the page cache, then encrypted in 16 KiB records
 MAX_PATH = 4096
 LINGER = 1.0  # seconds a refused handshake may still drain, so the client reads the alert
 SERVER_NAME = "sidekick"
@@ -521,6 +520,34 @@ def _age_settings(opts: Options) -> crypto.AgeSettings:
     return crypto.AgeSettings.load(identity_file=opts.age_identity_file)
 
 
+def snapshot_to_serve(opts: Options, age: crypto.AgeSettings | None, stop: StopRequest) -> verified.SnapshotFile:
+    """``/backup/<name>``, extracted from ``<name>.zip`` (or its age-encrypted copy) when there is
+    one; a file already verified against the same entry is kept as it is, which lets a second
+    start listen within a second. The archive reader is imported only when there is an archive."""
+    name = opts.name
+    archive = layout.archive_path(name)
+    if not archive.exists():
+        from sidekick.etcd import crypto  # age only where the plain archive is missing
+
+        sealed = archive.with_name(crypto.encrypted_name(archive.name))
+        if sealed.exists():
+            from sidekick.etcd.extract import extract_snapshot
+
+            # --age-encrypt-local: the snapshot comes from a decrypted copy, removed at once
+            identities = (age or _age_settings(opts)).require_identities(f"snapshot {sealed.name}")
+            with crypto.decrypted_copy(sealed, identities, stop=stop) as copy:
+                return extract_snapshot(name, copy, stop=stop)
+        plain = layout.snapshot_path(name)
+        if plain.is_file():
+            return verified.SnapshotFile(plain, verified.recall(plain), "uncompressed file")
+        raise SidekickError(
+            f"snapshot {name} not found: neither {layout.archive_entry(name)} nor {layout.snapshot_entry(name)} exists"
+        )
+    from sidekick.etcd.extract import extract_snapshot
+
+    return extract_snapshot(name, archive, stop=stop)
+
+
 def run_serve(opts: Options) -> int:
     """Prepare the file, listen, serve until SIGTERM; every failure is one last line."""
     if not opts.name:
@@ -532,20 +559,7 @@ def run_serve(opts: Options) -> int:
     context = server_context(host_path(opts.cacert), host_path(opts.cert), host_path(opts.key))
     age = _age_settings(opts) if opts.age_identity_file else None  # read and checked before anything else
     with stoppable() as stop:
-        archive = layout.archive_path(opts.name)
-        if archive.exists():
-            snapshot = ensure_snapshot(opts.name, stop=stop)
-        else:
-            from sidekick.etcd import crypto  # age only where the plain archive is missing
-
-            sealed = archive.with_name(crypto.encrypted_name(archive.name))
-            if sealed.exists():
-                # --age-encrypt-local: the snapshot comes from a decrypted copy, removed at once
-                identities = (age or _age_settings(opts)).require_identities(f"snapshot {sealed.name}")
-                with crypto.decrypted_copy(sealed, identities, stop=stop) as copy:
-                    snapshot = extract_snapshot(opts.name, copy, stop=stop)
-            else:
-                snapshot = ensure_snapshot(opts.name, stop=stop)
+        snapshot = snapshot_to_serve(opts, age, stop)
         resource = Resource.of(opts.name, snapshot.path, snapshot.digest.sha256 if snapshot.digest else None)
         server = SnapshotServer(resource, context, address, port, budgets=Budgets.from_options(opts))
         log.info("serving snapshot", extra=kv(name=opts.name, address=f"{address}:{server.port}", size=resource.size,

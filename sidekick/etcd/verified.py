@@ -31,6 +31,15 @@ class Digest:
     crc32: int | None = None
 
 
+@dataclass(frozen=True)
+class SnapshotFile:
+    """The uncompressed snapshot ready to be served; ``digest`` None when nothing vouches for it."""
+
+    path: Path
+    digest: Digest | None
+    origin: str  # "extracted", "already verified", "uncompressed file"
+
+
 def record(path: Path, digest: Digest) -> bool:
     """Store ``digest`` for ``path`` as it is now; False when the filesystem refuses xattrs."""
     try:

@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.host.signals import StopRequest
+
+if TYPE_CHECKING:
+    import subprocess  # only its type: a tool that starts no process need not load it
 
 T = TypeVar("T")
 POLL = 0.05  # seconds between looks at the stop event

@@ -1,4 +1,5 @@
-"""The C allocator's settings for tools that move large buffers through worker threads.
+"""Memory settings: the C allocator's for tools that move large buffers through worker
+threads, and the cycle collector's while a large library loads.
 
 glibc's malloc gives every thread that allocates its own arena (up to eight per core), and
 after a large block is freed it raises its mmap threshold to that block's size, so later
@@ -18,7 +19,11 @@ child process too, etcdctl included); without glibc (musl, another libc) nothing
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +48,35 @@ def bound_malloc() -> bool:
     applied = bool(mallopt(M_ARENA_MAX, ARENAS)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     log.debug("malloc bounds: %s", "applied" if applied else "refused")
     return applied
+
+
+
+class _Collector:
+    """Who holds the cycle collector paused, and whether it ran before the first of them."""
+
+    lock = threading.Lock()
+    holders = 0
+    was_enabled = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cycle collector while a library loads (botocore and its S3 models).
+
+    Loading creates some 90,000 objects that live until exit; every collection in between
+    walks them all and frees nothing: a third of botocore's load time here (0.29 -> 0.20 s,
+    import and one S3 client). Counted, so that the S3 warm-up thread and the main thread may
+    overlap: the collector runs again when the last one leaves, if it ran before the first.
+    """
+    with _Collector.lock:
+        if _Collector.holders == 0:
+            _Collector.was_enabled = gc.isenabled()
+            gc.disable()
+        _Collector.holders += 1
+    try:
+        yield
+    finally:
+        with _Collector.lock:
+            _Collector.holders -= 1
+            if _Collector.holders == 0 and _Collector.was_enabled:
+                gc.enable()

@@ -9,8 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from sidekick.etcd import serve
-from sidekick.etcd.extract import ensure_snapshot
+from sidekick.etcd import options, serve
 from sidekick.host.signals import StopRequest
 
 
@@ -28,7 +27,7 @@ def running_server(
     ``sha256``: True announces the verified digest, a string announces that (a lying server),
     None announces nothing.
     """
-    snapshot = ensure_snapshot(name, stop=StopRequest())
+    snapshot = serve.snapshot_to_serve(options.Options(name=name), None, StopRequest())
     announced = (snapshot.digest.sha256 if snapshot.digest else None) if sha256 is True else sha256
     resource = serve.Resource.of(name, snapshot.path, announced or None)
     server = serve.SnapshotServer(resource, serve.server_context(cacert, cert, key), "127.0.0.1", 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidekick.errors import SidekickError
-from sidekick.etcd import extract, restore, verified
+from sidekick.etcd import extract, layout, restore, verified
 from sidekick.etcd.archive import write_archive
 from sidekick.etcd.options import Options
 from sidekick.host.files import TEMP_PREFIX
@@ -30,6 +30,11 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for d in ("backup", "etc/kubernetes", "tmp"):
         (tmp_path / "root" / d).mkdir(parents=True)
     return tmp_path / "root"
+
+
+def _ready() -> verified.SnapshotFile:
+    """What serve does with an archive there."""
+    return extract.extract_snapshot(NAME, layout.archive_path(NAME), stop=StopRequest())
 
 
 def snapshot_bytes(size: int = 3 << 20) -> bytes:
@@ -83,7 +88,7 @@ def patch_central(zip_path: Path, entry: str, *, size: int | None = None, compre
 @pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
 def test_extracts_verifies_and_records(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
     _, db = maker(root)
-    result = extract.ensure_snapshot(NAME, stop=StopRequest())
+    result = _ready()
     out = root / "backup" / NAME
     assert result.origin == "extracted"
     assert out.read_bytes() == db
@@ -96,9 +101,9 @@ def test_extracts_verifies_and_records(root: Path, maker) -> None:  # type: igno
 @pytest.mark.parametrize("maker", [make_ours, make_go], ids=["ours", "go"])
 def test_second_start_keeps_the_verified_file(root: Path, maker) -> None:  # type: ignore[no-untyped-def]
     maker(root)
-    extract.ensure_snapshot(NAME, stop=StopRequest())
+    _ready()
     before = (root / "backup" / NAME).stat()
-    again = extract.ensure_snapshot(NAME, stop=StopRequest())
+    again = _ready()
     after = (root / "backup" / NAME).stat()
     assert again.origin == "already verified"
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
@@ -106,31 +111,20 @@ def test_second_start_keeps_the_verified_file(root: Path, maker) -> None:  # typ
 
 def test_a_changed_file_is_extracted_again(root: Path) -> None:
     _, db = make_ours(root)
-    extract.ensure_snapshot(NAME, stop=StopRequest())
+    _ready()
     out = root / "backup" / NAME
     with open(out, "r+b") as f:  # same size, one byte different: only the mtime tells
         f.write(b"X")
-    assert extract.ensure_snapshot(NAME, stop=StopRequest()).origin == "extracted"
+    assert _ready().origin == "extracted"
     assert out.read_bytes() == db
 
 
 def test_a_file_verified_against_another_archive_is_replaced(root: Path) -> None:
     make_ours(root, db=snapshot_bytes(1 << 20))
-    extract.ensure_snapshot(NAME, stop=StopRequest())
+    _ready()
     _, db2 = make_ours(root, db=snapshot_bytes(1 << 20)[::-1])
-    assert extract.ensure_snapshot(NAME, stop=StopRequest()).origin == "extracted"
+    assert _ready().origin == "extracted"
     assert (root / "backup" / NAME).read_bytes() == db2
-
-
-def test_uncompressed_file_without_archive_is_served_as_is(root: Path) -> None:
-    (root / "backup" / NAME).write_bytes(b"raw snapshot")
-    result = extract.ensure_snapshot(NAME, stop=StopRequest())
-    assert result.origin == "uncompressed file" and result.digest is None
-
-
-def test_nothing_to_serve_is_one_clear_error(root: Path) -> None:
-    with pytest.raises(SidekickError, match=f"snapshot {NAME} not found: neither /backup/{NAME}.zip"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
 
 
 # --- refusing bad archives, keeping the previous file -----------------------------------
@@ -142,7 +136,7 @@ def test_manifest_mismatch_is_refused_and_the_old_file_kept(root: Path) -> None:
         archive.comment = json.dumps(body).encode()
     (root / "backup" / NAME).write_bytes(b"previous")
     with pytest.raises(SidekickError, match=r"SHA-256 .* does not match the manifest"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
     assert (root / "backup" / NAME).read_bytes() == b"previous"
     assert leftovers(root / "backup") == []
 
@@ -153,7 +147,7 @@ def test_corrupt_data_is_refused(root: Path) -> None:
     data[200] ^= 0xFF  # inside the first entry's deflate stream
     zip_path.write_bytes(bytes(data))
     with pytest.raises(SidekickError, match=r"corrupt|CRC-32|inflates past|truncated"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
     assert not (root / "backup" / NAME).exists()
     assert leftovers(root / "backup") == []
 
@@ -165,27 +159,27 @@ def test_crc_mismatch_is_refused(root: Path) -> None:
     struct.pack_into("<I", data, pos + 16, 0x12345678)
     zip_path.write_bytes(bytes(data))
     with pytest.raises(SidekickError, match=r"CRC-32 .* does not match the recorded 12345678"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_truncated_archive_is_refused(root: Path) -> None:
     zip_path, _ = make_ours(root)
     zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])
     with pytest.raises(SidekickError, match="not a readable zip archive"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_not_a_zip(root: Path) -> None:
     (root / "backup" / f"{NAME}.zip").write_bytes(b"this is not a zip")
     with pytest.raises(SidekickError, match="not a readable zip archive"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_absurd_declared_size_is_refused_before_inflating(root: Path) -> None:
     zip_path, _ = make_go(root)
     patch_central(zip_path, f"/backup/{NAME}", size=0xFFFFFFF0)
     with pytest.raises(SidekickError, match="ratio deflate cannot produce"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
     assert not (root / "backup" / NAME).exists()
 
 
@@ -193,14 +187,14 @@ def test_size_over_the_limit_is_refused(root: Path, monkeypatch: pytest.MonkeyPa
     make_go(root)
     monkeypatch.setattr(extract, "MAX_SNAPSHOT_BYTES", 1 << 20)
     with pytest.raises(SidekickError, match="more than the 1048576 allowed"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_entry_inflating_past_its_declared_size_stops(root: Path) -> None:
     zip_path, _ = make_go(root, db=bytes(4 << 20))
     patch_central(zip_path, f"/backup/{NAME}", size=3 << 20)
     with pytest.raises(SidekickError, match="inflates past its declared size"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
     assert not (root / "backup" / NAME).exists()
 
 
@@ -215,21 +209,21 @@ def test_not_enough_space_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(os, "statvfs", lambda p: Tiny(real(p)))
     with pytest.raises(SidekickError, match=r"not enough space in .*/backup"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_duplicate_entries_are_refused(root: Path) -> None:
     with pytest.warns(UserWarning, match="Duplicate name"):
         write_go_archive(root / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", b"one"), (f"/backup/{NAME}", b"two")])
     with pytest.raises(SidekickError, match="2 entries named"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_relative_entry_names_are_not_ours(root: Path) -> None:
     """What ``zipfile.write`` produces (no leading slash) is not the original's format."""
     write_go_archive(root / "backup" / f"{NAME}.zip", [(f"backup/{NAME}", b"db")])
     with pytest.raises(SidekickError, match=f"entry /backup/{NAME} not found in .*entries: backup/{NAME}"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 def test_local_header_name_must_match(root: Path) -> None:
@@ -239,7 +233,7 @@ def test_local_header_name_must_match(root: Path) -> None:
     data[local + 1 : local + 7] = b"etc/xx"
     zip_path.write_bytes(bytes(data))
     with pytest.raises(SidekickError, match="different name in its local header"):
-        extract.ensure_snapshot(NAME, stop=StopRequest())
+        _ready()
 
 
 @pytest.mark.parametrize(
@@ -326,7 +320,7 @@ def test_hostile_entries_are_never_written(root: Path) -> None:
         (f"/backup/{NAME}", b"the snapshot"),
         (f"/etc/kubernetes/{NAME}.rkestate", state),
     ])
-    extract.ensure_snapshot(NAME, stop=StopRequest())
+    _ready()
     restore.run_extractstatefile(Options(command="extractstatefile", name=NAME))
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert written == [f"backup/{NAME}", f"backup/{NAME}.zip", "tmp/cluster.rkestate"]

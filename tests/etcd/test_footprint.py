@@ -8,14 +8,16 @@ statement loads (a module loaded by ``importlib.import_module`` is not listed, i
 
 from __future__ import annotations
 
+import gc
 import platform
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from sidekick.etcd.save import WARM_UP_LIMIT, warm_up_early
-from sidekick.host.memory import bound_malloc
+from sidekick.host.memory import bound_malloc, collector_paused
 from tests.conftest import last_line, run_sidekick
 from tests.harness.etcd import EtcdServer
 from tests.harness.etcd_backup import node_root, rke_s3_env, rke_s3_flags, rke_save_argv
@@ -42,6 +44,37 @@ def test_s3_loads_beside_a_snapshot_only_when_it_is_known_small() -> None:
 
 def test_malloc_bounds_apply_where_glibc_is_the_allocator() -> None:
     assert bound_malloc() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_collector_runs_again_when_the_last_loader_leaves() -> None:
+    assert gc.isenabled()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def loader() -> None:
+        with collector_paused():
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=loader)
+    other.start()
+    inside.wait(10)
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other loader is still at work
+    leave.set()
+    other.join(10)
+    assert gc.isenabled()
+
+
+def test_a_collector_turned_off_by_someone_else_stays_off() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.integration

@@ -9,9 +9,8 @@ import datetime as dt
 import pytest
 
 from sidekick.errors import UsageError
+from sidekick.etcd.options import DEFAULT_FLOOR, KEEP_OPTIONS
 from sidekick.etcd.retention import (
-    DEFAULT_FLOOR,
-    KEEP_OPTIONS,
     MAX_KEEP,
     Action,
     LocalFile,

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import ssl
 import threading
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from sidekick.errors import SidekickError
 from sidekick.etcd import options, serve
 from sidekick.etcd.serve import ByteRange, HttpError, parse_range
+from sidekick.host.signals import StopRequest
 from tests.etcd.servers import captured_logs, client_context, fetch, running_server
 from tests.harness.pki import CertificateAuthority, RkeSsl
 
@@ -50,6 +53,20 @@ def mtls(etcd_ssl: RkeSsl) -> ssl.SSLContext:
 @pytest.fixture(scope="module")
 def other_ca() -> CertificateAuthority:
     return CertificateAuthority("kube-ca")  # same name, different key: an impostor
+
+
+# --- what is served --------------------------------------------------------------------
+def test_an_uncompressed_file_without_archive_is_served_as_is(node: tuple[Path, bytes]) -> None:
+    ready = serve.snapshot_to_serve(options.Options(name=NAME), None, StopRequest())
+    assert ready.path == node[0] / "backup" / NAME
+    assert ready.origin == "uncompressed file" and ready.digest is None
+
+
+def test_nothing_to_serve_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "backup").mkdir()
+    monkeypatch.setenv("SIDEKICK_ROOT", str(tmp_path))
+    with pytest.raises(SidekickError, match=re.escape(f"snapshot {NAME} not found: neither /backup/{NAME}.zip nor")):
+        serve.snapshot_to_serve(options.Options(name=NAME), None, StopRequest())
 
 
 # --- the route ------------------------------------------------------------------------
