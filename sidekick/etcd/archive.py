@@ -349,10 +349,3 @@ def read_manifest(zip_path: Path) -> dict[str, str]:
     """The ``{entry name: sha256 hex}`` recorded by :func:`write_archive`; ``{}`` when absent."""
     return manifest_digests(read_manifest_document(zip_path))
 
-
-def file_sha256(path: Path, *, chunk_size: int = 1 << 20) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(chunk_size):
-            sha.update(chunk)
-    return sha.hexdigest()

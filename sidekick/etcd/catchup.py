@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from sidekick.etcd import crypto, layout, retention
-from sidekick.etcd.archive import file_sha256, manifest_digests, read_manifest_document
+from sidekick.etcd.archive import manifest_digests, read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.prune import local_files
 from sidekick.etcd.s3 import (
@@ -27,6 +27,7 @@ from sidekick.etcd.s3 import (
     SNAPSHOT_SHA_META,
     S3Store,
 )
+from sidekick.etcd.verified import file_sha256
 from sidekick.host.files import temp_path
 from sidekick.log import kv
 

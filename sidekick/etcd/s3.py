@@ -33,7 +33,6 @@ import binascii
 import contextlib
 import datetime as dt
 import functools
-import hashlib
 import logging
 import os
 import posixpath
@@ -50,6 +49,7 @@ from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import crypto
 from sidekick.etcd.budgets import S3_CONNECT, S3_REQUEST, S3_TRANSFER, Budgets
+from sidekick.etcd.verified import file_sha256
 from sidekick.host.files import atomic_output, temp_path
 from sidekick.host.guard import Guard, bounded
 from sidekick.host.memory import collector_paused
@@ -404,13 +404,6 @@ def part_ranges(size: int, part: int = PART_SIZE) -> list[tuple[int, int]]:
     if size <= part:
         return []
     return [(start, min(start + part, size) - 1) for start in range(0, size, part)]
-
-
-def _sha256_of(path: Path) -> str:
-    """The file's SHA-256, read back through hashlib's own reused 256 KiB buffer: 1 MiB reads
-    (at glibc's mmap threshold, each one mapped and faulted in anew) cost 2 MiB of RSS."""
-    with open(path, "rb") as source:
-        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:
@@ -856,7 +849,7 @@ class S3Store:
             with atomic_output(dest, mode=0o600) as pending:
                 into(pending.file)
                 pending.file.flush()
-                digest = _sha256_of(pending.temp)  # parts arrive out of order: hash once complete
+                digest = file_sha256(pending.temp)  # parts arrive out of order: hash once complete
                 if expected and digest != expected:
                     raise S3Error(f"downloaded {key} does not match its archive-sha256 metadata "
                                   f"(got {digest}, expected {expected})")

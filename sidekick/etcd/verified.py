@@ -11,6 +11,7 @@ network filesystems) nothing is recorded and callers fall back to re-verifying.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -66,3 +67,10 @@ def recall(path: Path) -> Digest | None:
         crc = body.get("crc32")
         return Digest(int(body["size"]), str(body["sha256"]), None if crc is None else int(crc))
     return None
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read through hashlib's own reused buffer (1 MiB reads, at glibc's
+    mmap threshold, were each mapped and faulted in anew: 2 MiB more RSS)."""
+    with open(path, "rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
