@@ -10,11 +10,9 @@ which is what the original ``entrypoint.sh`` is on this path. Builds the image f
 
 from __future__ import annotations
 
-import io
 import re
 import statistics
 import subprocess
-import tarfile
 import tempfile
 import uuid
 from pathlib import Path
@@ -76,8 +74,8 @@ def volume_facts() -> tuple[int, str, str]:
                              timeout=300).stdout
     finally:
         docker("rm", "--force", "--volumes", donor)
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        tar.extractall(tmp, filter="tar")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["tar", "-x", "-C", tmp], input=raw, check=True, timeout=300)
         root = Path(tmp) / "rke-tools"
         files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
         size = sum(p.stat().st_size for p in files)
