@@ -5,7 +5,7 @@ names that are ABSOLUTE paths (``/backup/<name>`` and optionally
 ``/etc/kubernetes/<name>.rkestate``; the Go extractor matches the name exactly, and
 ``zipfile.ZipFile.write`` would strip the slash), mode 0600. Added, and ignored by Go: the zip
 comment is a JSON manifest ``{"sidekick": 1, "sha256": {entry name: hex}}`` so any later
-reader can check the snapshot end to end (:func:`read_manifest`), plus, when ``save`` knows
+reader can check the snapshot end to end (:func:`sidekick.etcd.extract.read_manifest`), plus, when ``save`` knows
 them, ``"snapshot": {...}``: what a restore must reproduce (:mod:`sidekick.etcd.facts`).
 Readers take what they know and ignore the rest, so older manifests read as before.
 
@@ -31,7 +31,6 @@ import json
 import os
 import struct
 import time
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -321,31 +320,4 @@ def write_archive(
                 )
         _central_directory(writer, results, manifest_comment(results, facts(results) if facts else None))
     return ArchiveResult(dest, writer.offset, writer.sha.hexdigest(), results)
-
-
-def read_manifest_document(zip_path: Path) -> dict[str, object]:
-    """The whole JSON manifest written by :func:`write_archive`; ``{}`` when absent (archives
-    of the Go tool have no comment) or unreadable."""
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            comment = archive.comment
-    except (OSError, zipfile.BadZipFile):
-        return {}
-    try:
-        body = json.loads(comment.decode("utf-8")) if comment else {}
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    if not isinstance(body, dict) or "sidekick" not in body or not isinstance(body.get("sha256"), dict):
-        return {}
-    return body
-
-
-def manifest_digests(body: Mapping[str, object]) -> dict[str, str]:
-    digests = body.get("sha256")
-    return {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else {}
-
-
-def read_manifest(zip_path: Path) -> dict[str, str]:
-    """The ``{entry name: sha256 hex}`` recorded by :func:`write_archive`; ``{}`` when absent."""
-    return manifest_digests(read_manifest_document(zip_path))
 

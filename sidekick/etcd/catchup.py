@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from sidekick.etcd import crypto, layout, retention
-from sidekick.etcd.archive import manifest_digests, read_manifest_document
+from sidekick.etcd.extract import manifest_digests, read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.prune import local_files
 from sidekick.etcd.s3 import (

@@ -3,7 +3,7 @@
 An archive is ``/backup/<name>.zip`` whose entries have ABSOLUTE names: ``/backup/<name>``
 (the etcd database) and optionally ``/etc/kubernetes/<name>.rkestate`` (the cluster state).
 Archives of the Go tool (deflate with data descriptors, no comment) and ours (plus a JSON
-manifest of SHA-256s in the comment, :func:`sidekick.etcd.archive.read_manifest`) are read
+manifest of SHA-256s in the comment, :func:`read_manifest`) are read
 the same way.
 
 Safety, because an archive can come from S3 or from a peer's disk:
@@ -31,19 +31,15 @@ import os
 import posixpath
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, cast
 
-from isal import isal_zlib
-
 from sidekick.deadline import Stopped
 from sidekick.errors import SidekickError
 from sidekick.etcd import layout, verified
-from sidekick.etcd.archive import read_manifest
 from sidekick.etcd.progress import Progress
-from sidekick.etcd.stream import HashingWriter
 from sidekick.etcd.verified import Digest, SnapshotFile
 from sidekick.host.files import atomic_output, atomic_write, remove_leftovers
 from sidekick.host.signals import StopRequest
@@ -64,8 +60,6 @@ READ_SIZE = 64 << 10
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_SIGNATURE = 0x04034B50
-# isal's stub declares the exception as an instance; it is a class at run time.
-_INFLATE_ERROR = cast(type[Exception], isal_zlib.IsalError)
 
 
 class ArchiveError(SidekickError):
@@ -84,6 +78,38 @@ def destination(entry_name: str, directory: str) -> Path:
     ):
         raise ArchiveError(f"refusing archive entry {entry_name!r}: it would be written outside {directory}")
     return host_path(entry_name)
+
+
+def manifest_document(comment: bytes) -> dict[str, object]:
+    """The JSON manifest :func:`sidekick.etcd.archive.write_archive` puts in the zip comment;
+    ``{}`` when absent (archives of the Go tool have no comment) or unreadable."""
+    try:
+        body = json.loads(comment.decode("utf-8")) if comment else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(body, dict) or "sidekick" not in body or not isinstance(body.get("sha256"), dict):
+        return {}
+    return body
+
+
+def read_manifest_document(zip_path: Path) -> dict[str, object]:
+    """:func:`manifest_document` of the archive at ``zip_path`` (``{}`` when it cannot be read)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            comment = archive.comment
+    except (OSError, zipfile.BadZipFile):
+        return {}
+    return manifest_document(comment)
+
+
+def manifest_digests(body: Mapping[str, object]) -> dict[str, str]:
+    digests = body.get("sha256")
+    return {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else {}
+
+
+def read_manifest(zip_path: Path) -> dict[str, str]:
+    """The ``{entry name: sha256 hex}`` recorded by ``write_archive``; ``{}`` when absent."""
+    return manifest_digests(read_manifest_document(zip_path))
 
 
 def check_declared(info: zipfile.ZipInfo, *, limit: int, archive: Path) -> None:
@@ -125,7 +151,7 @@ class Archive:
         if len(self._zip.filelist) > MAX_ENTRIES:
             self._zip.close()
             raise ArchiveError(f"{path} has {len(self._zip.filelist)} entries; a snapshot archive has two")
-        self.manifest = read_manifest(path)
+        self.manifest = manifest_digests(manifest_document(self._zip.comment))
 
     def __enter__(self) -> Archive:
         return self
@@ -171,6 +197,9 @@ class Archive:
         consumes all of it (no copies of a leftover tail), while ``chunk`` caps each output
         so a bomb cannot balloon memory. Size and CRC-32 are the caller's to check.
         """
+        from isal import isal_zlib  # a serve of a file already verified reads no entry
+
+        inflate_error = cast(type[Exception], isal_zlib.IsalError)  # the stub says instance; it is a class
         with open(self.path, "rb") as source:
             self._data_start(source, info)
             remaining = info.compress_size
@@ -192,7 +221,7 @@ class Archive:
                 else:
                     try:
                         out = inflater.decompress(data, chunk)
-                    except _INFLATE_ERROR as err:
+                    except inflate_error as err:
                         raise ArchiveError(f"entry {info.filename} of {self.path} is corrupt: {err}") from None
                     tail = inflater.unconsumed_tail
                 produced += len(out)
@@ -222,6 +251,8 @@ class Archive:
         check_free_space(dest.parent, info.file_size)
         expected = self.manifest.get(info.filename)
         progress = Progress(log, "extract", total=info.file_size, entry=info.filename)
+        from sidekick.etcd.stream import HashingWriter
+
         with atomic_output(dest, mode=0o600) as pending:
             writer = HashingWriter(pending.file.fileno(), chunk=CHUNK, crc32=True)
             try:
@@ -241,6 +272,8 @@ class Archive:
 
     def read(self, info: zipfile.ZipInfo, *, limit: int) -> bytes:
         """A small entry, verified, in memory (the state file)."""
+        from isal import isal_zlib
+
         check_declared(info, limit=limit, archive=self.path)
         sha = hashlib.sha256()
         crc = 0

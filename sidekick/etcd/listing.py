@@ -38,8 +38,8 @@ from typing import Any
 from sidekick.deadline import Deadline
 from sidekick.errors import SidekickError
 from sidekick.etcd import crypto, layout, trials
-from sidekick.etcd.archive import manifest_digests, read_manifest_document
 from sidekick.etcd.budgets import LIST_S3, Budgets
+from sidekick.etcd.extract import manifest_digests, read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts
 from sidekick.etcd.options import Options
 from sidekick.log import kv

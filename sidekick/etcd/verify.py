@@ -61,10 +61,9 @@ from pathlib import Path
 from sidekick.deadline import Deadline, DeadlineExceeded, Stopped
 from sidekick.errors import SidekickError, UsageError
 from sidekick.etcd import bolt, crypto, layout, trials
-from sidekick.etcd.archive import read_manifest_document
 from sidekick.etcd.budgets import VERIFY_QUERY, VERIFY_START, VERIFY_STOP, Budgets
 from sidekick.etcd.etcdctl import ETCDCTL, EtcdError, check_snapshot_hash
-from sidekick.etcd.extract import Archive, ArchiveError, check_free_space
+from sidekick.etcd.extract import Archive, ArchiveError, check_free_space, read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts, disagreements
 from sidekick.etcd.options import Options, serve_port
 from sidekick.etcd.verified import Digest, file_sha256

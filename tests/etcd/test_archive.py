@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sidekick.etcd import archive
-from sidekick.etcd.archive import read_manifest, write_archive
+from sidekick.etcd.archive import write_archive
+from sidekick.etcd.extract import read_manifest
 from tests.harness.gozip import build_zipstandin, go_unzip
 
 

@@ -6,7 +6,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from sidekick.etcd.archive import read_manifest, read_manifest_document, write_archive
+from sidekick.etcd.archive import write_archive
+from sidekick.etcd.extract import read_manifest, read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts, disagreements
 
 FACTS = SnapshotFacts(revision=42, keys=7, total_keys=19, etcd_hash=3141592653, size=20512, sha256="ab" * 32,

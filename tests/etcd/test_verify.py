@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sidekick.etcd.archive import read_manifest_document, write_archive
+from sidekick.etcd.archive import write_archive
+from sidekick.etcd.extract import read_manifest_document
 from sidekick.etcd.facts import SnapshotFacts
 from tests.conftest import SIDEKICK, last_line, run_sidekick
 from tests.etcd.servers import running_server
