@@ -9,9 +9,9 @@ with the etcd footprint bench (``python -m bench etcd_footprint``), that kept 5-
 run that no buffer used any more. Two arenas and a fixed threshold (every block of at least
 1 MiB is its own mapping, returned to the kernel when freed) keep the tool's RSS at what its
 buffers hold: 50 -> 46 MiB for a local save of 64 MB, 70 -> 54 MiB with S3, 62 -> 54 MiB for
-``download --s3-backup``. The price: each 4 MiB piece of the archive stage is mapped and
-faulted in anew, about 15 % more CPU in that stage (a pool of reused buffers there would
-avoid it).
+``download --s3-backup``. Code that moves MiB pieces reuses its buffers and keeps each
+allocation under the threshold (:mod:`sidekick.etcd.archive`), or every piece would be mapped
+and faulted in anew.
 
 Set at run time with ``mallopt`` (the ``MALLOC_*`` environment variables would reach every
 child process too, etcdctl included); without glibc (musl, another libc) nothing changes.
