@@ -288,16 +288,16 @@ def run() -> list[Row]:
     ]
     if old_client:
         rows += [
-            Row("download (http.client) from serve", mine, "MB/s", f"download of {BASELINE_REV} (raw sockets)",
+            Row("etcd download from serve (transfer)", mine, "MB/s", f"download of {BASELINE_REV}",
                 median([t.mbps for t in old_client]), "same serve, same run"),
-            Row("download CPU per GB (http.client)", median([t.cpu for t in ours]) / size * 1e9, "s",
+            Row("etcd download CPU per GB", median([t.cpu for t in ours]) / size * 1e9, "s",
                 f"download of {BASELINE_REV}", median([t.cpu for t in old_client]) / size * 1e9),
-            Row("download peak RSS (http.client)", max(t.rss for t in ours), "MiB", f"download of {BASELINE_REV}",
+            Row("etcd download peak RSS", max(t.rss for t in ours), "MiB", f"download of {BASELINE_REV}",
                 max(t.rss for t in old_client)),
-            Row("download from serve (http.server)", mine, "MB/s", f"from the serve of {BASELINE_REV}",
+            Row("etcd download from serve (transfer)", mine, "MB/s", f"from the serve of {BASELINE_REV}",
                 median([t.mbps for t in old_serve]), "same download, same run"),
-            Row("serve CPU per GB (http.server)", median([t.server_cpu for t in ours]) / size * 1e9, "s",
+            Row("etcd serve CPU per GB", median([t.server_cpu for t in ours]) / size * 1e9, "s",
                 f"serve of {BASELINE_REV}", median([t.server_cpu for t in old_serve]) / size * 1e9),
-            Row("serve peak RSS (http.server)", server_rss, "MiB", f"serve of {BASELINE_REV}", old_server_rss),
+            Row("etcd serve peak RSS", server_rss, "MiB", f"serve of {BASELINE_REV}", old_server_rss),
         ]
     return rows
