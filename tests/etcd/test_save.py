@@ -217,27 +217,34 @@ def test_bad_names_touch_nothing(root: Path, etcd_server: EtcdServer, name: str)
     assert sorted(os.listdir(root)) == ["backup", "etc"]
 
 
-def test_corrupt_snapshot_never_replaces_a_good_archive(root: Path, etcd_server: EtcdServer, tmp_path: Path) -> None:
-    good = save(root, etcd_server.endpoint, "snap-corrupt", "--once")
-    assert good.returncode == 0, good.stderr
-    before = (root / "backup/snap-corrupt.zip").read_bytes()
-    # An etcdctl whose snapshots come out damaged (a flipped byte in the middle).
+def damaging_etcdctl(tmp_path: Path, code: str) -> str:
+    """A PATH whose first etcdctl is the real one, then ``code`` applied to each snapshot it
+    saves (``data``: the file's bytes, a bytearray, written back after)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     wrapper = bindir / "etcdctl"
     wrapper.write_text(
         "#!/usr/bin/env python3\n"
-        "import os, subprocess, sys\n"
+        "import subprocess, sys\n"
         f"rc = subprocess.call([{ETCDCTL!r}, *sys.argv[1:]])\n"
         "if rc == 0 and 'save' in sys.argv:\n"
         "    path = sys.argv[-1]\n"
-        "    with open(path, 'r+b') as f:\n"
-        "        f.seek(os.path.getsize(path) // 2); b = f.read(1); f.seek(-1, 1); f.write(bytes([b[0] ^ 0xFF]))\n"
+        "    data = bytearray(open(path, 'rb').read())\n"
+        + "".join(f"    {line}\n" for line in code.splitlines()) +
+        "    open(path, 'wb').write(bytes(data))\n"
         "sys.exit(rc)\n"
     )
     wrapper.chmod(0o755)
-    done = save(root, etcd_server.endpoint, "snap-corrupt", "--once", "--backup-retries=1",
-                env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    return f"{bindir}:{os.environ['PATH']}"
+
+
+def test_corrupt_snapshot_never_replaces_a_good_archive(root: Path, etcd_server: EtcdServer, tmp_path: Path) -> None:
+    good = save(root, etcd_server.endpoint, "snap-corrupt", "--once")
+    assert good.returncode == 0, good.stderr
+    before = (root / "backup/snap-corrupt.zip").read_bytes()
+    # An etcdctl whose snapshots come out damaged (a flipped byte in the middle).
+    path = damaging_etcdctl(tmp_path, "data[len(data) // 2] ^= 0xFF\n")
+    done = save(root, etcd_server.endpoint, "snap-corrupt", "--once", "--backup-retries=1", env={"PATH": path})
     assert done.returncode == 1
     assert "snapshot check failed" in done.stderr
     assert "failed to take etcd snapshot" in last_line(done.stderr)
@@ -263,23 +270,8 @@ DAMAGE = {
 def test_each_check_alone_stops_a_corrupt_snapshot(root: Path, etcd_server: EtcdServer, tmp_path: Path,
                                                    damage: str) -> None:
     code, cause = DAMAGE[damage]
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "etcdctl"
-    wrapper.write_text(
-        "#!/usr/bin/env python3\n"
-        "import subprocess, sys\n"
-        f"rc = subprocess.call([{ETCDCTL!r}, *sys.argv[1:]])\n"
-        "if rc == 0 and 'save' in sys.argv:\n"
-        "    path = sys.argv[-1]\n"
-        "    data = bytearray(open(path, 'rb').read())\n"
-        + "".join(f"    {line}\n" for line in code.splitlines()) +
-        "    open(path, 'wb').write(bytes(data))\n"
-        "sys.exit(rc)\n"
-    )
-    wrapper.chmod(0o755)
-    done = save(root, etcd_server.endpoint, "snap-damaged", "--once", "--backup-retries=1",
-                env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    path = damaging_etcdctl(tmp_path, code)
+    done = save(root, etcd_server.endpoint, "snap-damaged", "--once", "--backup-retries=1", env={"PATH": path})
     assert done.returncode == 1
     assert "failed to take etcd snapshot snap-damaged" in last_line(done.stderr)
     assert "snapshot check failed: " in last_line(done.stderr) and cause in last_line(done.stderr)
