@@ -8,7 +8,9 @@ list into click's form first, driven by each command's own parameter list.
 
 Each subcommand accepts exactly the flags the original declares for it (an unknown flag is
 an error there too). The work is done elsewhere: each command builds an :class:`Options` and
-calls a ``run_*(opts) -> int`` imported only when that command runs.
+calls a ``run_*(opts) -> int`` imported only when that command runs. The click command itself
+is built only when it runs too (:class:`LazyGroup`): ``serve``, which stays up for the whole
+restore, does not keep the other commands' 190 options.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime as dt
 import importlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -276,37 +279,65 @@ def _run(target: str, opts: Options) -> int:
     return int(func(opts) or 0)
 
 
-@click.group(name="etcd-backup", context_settings={"help_option_names": ["--help", "-h"]})
+@dataclass(frozen=True)
+class _Spec:
+    """A subcommand as declared: built into a click command only when it is asked for."""
+
+    flags: Sequence[Decorator]
+    target: str
+    help: str
+
+
+SUBCOMMANDS: dict[str, _Spec] = {
+    "save": _Spec([*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, *KEEP, S3_CATCH_UP, VERIFY, VERIFY_EVERY, *AGE_SAVE],
+                  "sidekick.etcd.save:run_save",
+                  "Take a snapshot (once or rolling) and back it up to S3 compatible storage."),
+    "prune": _Spec([RETENTION, DRY_RUN, DEBUG, *KEEP, S3_BACKUP_ENV, *S3_COMMON, S3_RETRIES], "sidekick.etcd.prune:run_prune",
+                   "Delete the rolling snapshots the retention policy no longer keeps (local, and S3 with --s3-backup)."),
+    "delete": _Spec([NAME, S3_BACKUP_NOENV, CLEANUP, *S3_COMMON], "sidekick.etcd.delete:run_delete",
+                    "Delete a snapshot locally and from S3 compatible storage."),
+    "download": _Spec([*COMMON, AGE_IDENTITY], "sidekick.etcd.restore:run_download",
+                      "Download a snapshot from S3 compatible storage or from a peer."),
+    "extractstatefile": _Spec([*SNAPSHOT, AGE_IDENTITY], "sidekick.etcd.restore:run_extractstatefile",
+                              "Extract the cluster state file from a snapshot archive."),
+    "serve": _Spec([NAME, CACERT, CERT, KEY, AGE_IDENTITY], "sidekick.etcd.serve:run_serve",
+                   "Serve the local snapshot over mutual TLS on port 2379."),
+    "list": _Spec([DEBUG, S3_BACKUP_ENV, *S3_COMMON, OUTPUT, DETAILS], "sidekick.etcd.listing:run_list",
+                  "List the snapshots in /backup and S3 with what save recorded and the last verification."),
+    "verify": _Spec([*COMMON, AGE_IDENTITY], "sidekick.etcd.verify:run_verify",
+                    "Prove a snapshot restores: restore it into a throwaway etcd member and read it back."),
+}
+
+
+def build_command(name: str) -> click.Command:
+    """The click command of subcommand ``name``, its options as the original declares them."""
+    spec = SUBCOMMANDS[name]
+
+    def callback(**params: Any) -> int:
+        return _run(spec.target, build_options(name, params))
+
+    callback.__doc__ = spec.help
+    return click.command(name=name, cls=GoFlagsCommand, help=spec.help)(_apply(spec.flags)(callback))
+
+
+class LazyGroup(click.Group):
+    """Click's lazily loaded subcommands: a command is built when it is looked up, so a run
+    builds only its own (``--help`` looks them all up to list them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.add_command(build_command(cmd_name))
+        return self.commands[cmd_name]
+
+
+@click.group(name="etcd-backup", cls=LazyGroup, context_settings={"help_option_names": ["--help", "-h"]})
 def etcd_backup() -> None:
     """Perform etcd backup tools."""
-
-
-def _command(name: str, flags: Sequence[Decorator], target: str, help: str) -> click.Command:
-    def callback(**params: Any) -> int:
-        return _run(target, build_options(name, params))
-
-    callback.__doc__ = help
-    command = etcd_backup.command(name=name, cls=GoFlagsCommand, help=help)(_apply(flags)(callback))
-    return command
-
-
-_command("save", [*SNAPSHOT, BACKUP_RETRIES, S3_RETRIES, *KEEP, S3_CATCH_UP, VERIFY, VERIFY_EVERY, *AGE_SAVE],
-         "sidekick.etcd.save:run_save",
-         "Take a snapshot (once or rolling) and back it up to S3 compatible storage.")
-_command("prune", [RETENTION, DRY_RUN, DEBUG, *KEEP, S3_BACKUP_ENV, *S3_COMMON, S3_RETRIES], "sidekick.etcd.prune:run_prune",
-         "Delete the rolling snapshots the retention policy no longer keeps (local, and S3 with --s3-backup).")
-_command("delete", [NAME, S3_BACKUP_NOENV, CLEANUP, *S3_COMMON], "sidekick.etcd.delete:run_delete",
-         "Delete a snapshot locally and from S3 compatible storage.")
-_command("download", [*COMMON, AGE_IDENTITY], "sidekick.etcd.restore:run_download",
-         "Download a snapshot from S3 compatible storage or from a peer.")
-_command("extractstatefile", [*SNAPSHOT, AGE_IDENTITY], "sidekick.etcd.restore:run_extractstatefile",
-         "Extract the cluster state file from a snapshot archive.")
-_command("serve", [NAME, CACERT, CERT, KEY, AGE_IDENTITY], "sidekick.etcd.serve:run_serve",
-         "Serve the local snapshot over mutual TLS on port 2379.")
-_command("list", [DEBUG, S3_BACKUP_ENV, *S3_COMMON, OUTPUT, DETAILS], "sidekick.etcd.listing:run_list",
-         "List the snapshots in /backup and S3 with what save recorded and the last verification.")
-_command("verify", [*COMMON, AGE_IDENTITY], "sidekick.etcd.verify:run_verify",
-         "Prove a snapshot restores: restore it into a throwaway etcd member and read it back.")
 
 
 @click.group(name=PROG, context_settings={"help_option_names": ["--help", "-h"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import click
 import pytest
 
 from sidekick.errors import UsageError
@@ -208,6 +209,25 @@ def test_help_mentions_every_flag(called: list[tuple[str, Options]], capsys: pyt
                  "--backup-retries", "--s3-retries"):
         assert flag in out
     assert called == []
+
+
+def test_a_run_builds_only_its_own_command() -> None:
+    """serve stays up for a whole restore: it must not hold the other commands' options."""
+    group = cli.LazyGroup(name="etcd-backup")
+    with click.Context(group) as ctx:
+        serve = group.get_command(ctx, "serve")
+        assert serve is not None and set(group.commands) == {"serve"}
+        assert {p.name for p in serve.params} == {"name", "cacert", "cert", "key", "age_identity_file"}
+        assert group.get_command(ctx, "serve") is serve
+        assert group.get_command(ctx, "bogus") is None and set(group.commands) == {"serve"}
+        assert group.list_commands(ctx) == sorted(cli.SUBCOMMANDS)
+
+
+def test_group_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["etcd-backup", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("save", "prune", "delete", "download", "extractstatefile", "serve", "list", "verify"):
+        assert f"  {name} " in out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -323,13 +323,13 @@ AGE_READ = {"--age-identity-file": "SIDEKICK_AGE_IDENTITY_FILE"}
 def test_every_new_setting_has_a_flag_an_env_var_a_help_line_and_a_readme_row() -> None:
     import click
 
-    from sidekick.etcd.cli import etcd_backup
+    from sidekick.etcd.cli import build_command
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     wanted = {"save": {**NEW, **AGE_SAVE}, "download": {**NEW, **AGE_READ}, "extractstatefile": {**NEW, **AGE_READ},
               "delete": NEW, "serve": AGE_READ}
     for name, flags in wanted.items():
-        command = etcd_backup.commands[name]
+        command = build_command(name)
         with click.Context(command) as ctx:
             help_text = command.get_help(ctx)
         declared = {opt: p.envvar for p in command.params if isinstance(p, click.Option) for opt in p.opts}
@@ -340,9 +340,9 @@ def test_every_new_setting_has_a_flag_an_env_var_a_help_line_and_a_readme_row() 
 
 
 def test_new_settings_parse_in_the_go_dialect(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidekick.etcd.cli import etcd_backup
+    from sidekick.etcd.cli import build_command
 
-    command = etcd_backup.commands["download"]
+    command = build_command("download")
     monkeypatch.setenv("S3_CHECKSUM", "SHA256")
     monkeypatch.setenv("SIDEKICK_AGE_IDENTITY_FILE", "/keys/age.txt")
     ctx = command.make_context("download", ["-s3-insecure-skip-verify", "--s3-addressing-style", "virtual",
