@@ -152,6 +152,7 @@ class Archive:
             self._zip.close()
             raise ArchiveError(f"{path} has {len(self._zip.filelist)} entries; a snapshot archive has two")
         self.manifest = manifest_digests(manifest_document(self._zip.comment))
+        self.source = os.fstat(cast(BinaryIO, self._zip.fp).fileno())  # the file read (open while the zip is)
 
     def __enter__(self) -> Archive:
         return self
@@ -267,7 +268,7 @@ class Archive:
             digest = writer.finish()
             self._check_result(info, digest, expected)
         progress.finish(size=digest.size, sha256=digest.sha256)
-        verified.record(dest, digest)
+        verified.record(dest, digest, source=self.source)
         return digest
 
     def read(self, info: zipfile.ZipInfo, *, limit: int) -> bytes:
@@ -303,8 +304,8 @@ def extract_snapshot(name: str, zip_path: Path, *, stop: StopRequest) -> Snapsho
         info = archive.require(layout.snapshot_entry(name))
         known = verified.recall(dest)
         if known is not None and matches(known, info, archive.manifest.get(info.filename)):
-            log.info("snapshot already extracted and verified", extra=kv(path=dest, size=known.size, sha256=known.sha256))
-            return SnapshotFile(dest, known, "already verified")
+            verified.record(dest, known, source=archive.source)  # the next start need not open the archive
+            return verified.already_verified(dest, known)
         return SnapshotFile(dest, archive.extract(info, dest, stop=stop), "extracted")
 
 

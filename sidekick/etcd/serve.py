@@ -523,9 +523,14 @@ def _age_settings(opts: Options) -> crypto.AgeSettings:
 def snapshot_to_serve(opts: Options, age: crypto.AgeSettings | None, stop: StopRequest) -> verified.SnapshotFile:
     """``/backup/<name>``, extracted from ``<name>.zip`` (or its age-encrypted copy) when there is
     one; a file already verified against the same entry is kept as it is, which lets a second
-    start listen within a second. The archive reader is imported only when there is an archive."""
+    start listen within a second. The archive reader is imported only when there is an archive
+    to read: not when the file was extracted from this very archive file (see
+    :mod:`sidekick.etcd.verified`)."""
     name = opts.name
     archive = layout.archive_path(name)
+    known = verified.recall(layout.snapshot_path(name), source=archive)
+    if known is not None:
+        return verified.already_verified(layout.snapshot_path(name), known)
     if not archive.exists():
         from sidekick.etcd import crypto  # age only where the plain archive is missing
 

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import struct
+import time
 import zipfile
 from pathlib import Path
 
@@ -107,6 +108,46 @@ def test_second_start_keeps_the_verified_file(root: Path, maker) -> None:  # typ
     after = (root / "backup" / NAME).stat()
     assert again.origin == "already verified"
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def touch_keeping_times(path: Path) -> None:
+    """Set the times a file already has: only its ctime moves (once the clock's coarse tick
+    has passed since the last change)."""
+    before = path.stat()
+    for _ in range(1000):
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if path.stat().st_ctime_ns != before.st_ctime_ns:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"the ctime of {path} never changed")
+
+
+def test_the_record_names_the_archive_file_it_came_from(root: Path) -> None:
+    """Serve's second start knows the file by the archive's identity, without opening it; any
+    other version of the archive (rewritten, touched) is not that archive."""
+    zip_path, _ = make_ours(root)
+    out = root / "backup" / NAME
+    digest = _ready().digest
+    assert digest is not None and verified.recall(out, source=zip_path) == digest
+    assert verified.recall(out, source=root / "backup" / "other.zip") is None
+    touch_keeping_times(zip_path)
+    assert verified.recall(out, source=zip_path) is None
+    assert verified.recall(out) == digest  # the file itself is still the verified one
+    assert _ready().origin == "already verified"  # checked against the entry, then recorded again
+    assert verified.recall(out, source=zip_path) == digest
+    make_ours(root)  # the same content, written anew
+    assert verified.recall(out, source=zip_path) is None
+
+
+def test_an_older_record_learns_its_archive_on_the_next_start(root: Path) -> None:
+    zip_path, db = make_ours(root)
+    out = root / "backup" / NAME
+    out.write_bytes(db)
+    digest = verified.Digest(len(db), hashlib.sha256(db).hexdigest())
+    verified.record(out, digest)  # as a version without archive identities wrote it
+    assert verified.recall(out, source=zip_path) is None
+    assert _ready().origin == "already verified"
+    assert verified.recall(out, source=zip_path) == digest
 
 
 def test_a_changed_file_is_extracted_again(root: Path) -> None:

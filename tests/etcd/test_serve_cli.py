@@ -121,6 +121,30 @@ def test_second_start_listens_within_a_second(source: Path, tmp_path: Path) -> N
     assert seconds < 1.0, f"listening after {seconds:.2f}s"
 
 
+def test_second_start_loads_no_zip_reader(source: Path, db: bytes) -> None:
+    """serve stays up for the whole restore: a file extracted from this very archive is known
+    by the archive's identity, and the zip machinery (0.4 MiB) and hashlib are never loaded."""
+    import sys
+
+    heavy = ("zipfile", "hashlib", "sidekick.etcd.extract", "sidekick.etcd.stream", "isal")
+    code = (
+        "import sys\n"
+        "from sidekick import log\n"
+        "from sidekick.etcd import options, serve\n"
+        "log.setup()\n"
+        "from sidekick.host.signals import StopRequest\n"
+        f"ready = serve.snapshot_to_serve(options.Options(name={NAME!r}), None, StopRequest())\n"
+        f"print(ready.origin, sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    env = clean_env(SIDEKICK_ROOT=str(source))
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            for _ in range(2)]
+    assert runs[0].stdout.startswith("extracted ") and "zipfile" in runs[0].stdout
+    assert runs[1].stdout.strip() == "already verified []"
+    assert "snapshot already extracted and verified" in runs[1].stderr
+    assert (source / "backup" / NAME).read_bytes() == db
+
+
 def test_serve_without_snapshot_fails_fast_with_the_reason_last(source: Path) -> None:
     done = run_sidekick(serve_argv(), root=source, env={"SIDEKICK_SERVE_PORT": str(free_port())}, timeout=10)
     assert done.returncode == 1
