@@ -10,7 +10,7 @@ Each subcommand accepts exactly the flags the original declares for it (an unkno
 an error there too). The work is done elsewhere: each command builds an :class:`Options` and
 calls a ``run_*(opts) -> int`` imported only when that command runs. The click command itself
 is built only when it runs too (:class:`LazyGroup`): ``serve``, which stays up for the whole
-restore, does not keep the other commands' 190 options.
+restore, does not keep the other seven commands' 192 options.
 """
 
 from __future__ import annotations
