@@ -36,6 +36,15 @@ ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in whole logica
 _STOP = object()
 
 
+class WriteError(SidekickError):
+    """Writing to the local disk failed: never worth a retry. ``error`` is the disk's own
+    ``OSError``, for a caller that names the file itself."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(f"writing the snapshot failed: {error.strerror or error}")
+        self.error = error
+
+
 class _Item:
     __slots__ = ("buffer", "length", "pending")
 
@@ -132,8 +141,8 @@ class HashingWriter:
         error = self._error
         if error is None:
             return
-        if isinstance(error, OSError):  # the disk, not the network: never worth a retry
-            raise SidekickError(f"writing the snapshot failed: {error.strerror or error}") from error
+        if isinstance(error, OSError):  # the disk, not the network
+            raise WriteError(error) from error
         raise error
 
     def _enqueue(self, item: _Item) -> None:

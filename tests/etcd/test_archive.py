@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -132,6 +134,26 @@ def test_failure_leaves_the_previous_archive_and_no_temp(tmp_path: Path, snapsho
 
     with pytest.raises(OSError):
         write_archive(dest, [("/backup/snap", raw)], chunk_size=64 << 10, on_input=boom)
+    assert dest.read_bytes() == b"previous good archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw-snapshot", "snap.zip"]
+
+
+def test_a_disk_error_while_writing_is_the_disk_error(tmp_path: Path, snapshot: tuple[Path, bytes]) -> None:
+    """The archive's own writes fail for real (a file size limit: EFBIG at 1 MiB, past the
+    first direct writes): the OSError is what the caller gets, the old archive stays."""
+    raw, _ = snapshot
+    dest = tmp_path / "snap.zip"
+    dest.write_bytes(b"previous good archive")
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limits[1]))
+    try:
+        with pytest.raises(OSError) as failed:
+            write_archive(dest, [("/backup/snap", raw)], chunk_size=PIECE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert failed.value.errno == errno.EFBIG
     assert dest.read_bytes() == b"previous good archive"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw-snapshot", "snap.zip"]
 
