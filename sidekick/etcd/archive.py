@@ -147,6 +147,9 @@ class _Output:
             self._buffer = None
         return self.writer.finish()
 
+    def abort(self) -> None:
+        self.writer.abort()
+
 
 def _dos_stamp(mtime: float) -> tuple[int, int]:
     t = time.gmtime(max(mtime, 315532800))  # DOS time starts in 1980
@@ -367,10 +370,10 @@ def write_archive(
                     )
             _central_directory(writer, results, manifest_comment(results, facts(results) if facts else None))
             written = writer.finish()
-        except WriteError as err:
-            raise err.error from None  # a disk error, as the reads and the rename raise theirs
-        except BaseException:
-            writer.writer.abort()
+        except BaseException as err:
+            writer.abort()
+            if isinstance(err, WriteError):
+                raise err.error from None  # the disk's own error, as the reads and the rename raise theirs
             raise
     return ArchiveResult(dest, written.size, written.sha256, results)
 
