@@ -80,7 +80,7 @@ def catch_up(store: S3Store, directory: Path, *, limit: int, skip: str = "",
             remember(path, key, sha)
             continue
         if same_size:
-            _, metadata = store.head_metadata(key)
+            metadata = store.head(key).metadata
             if metadata.get(ARCHIVE_SHA_META, "").lower() == sha:
                 remember(path, key, sha)
                 continue

@@ -173,7 +173,7 @@ def scan_s3(opts: Options, budgets: Budgets, *,
                                      or crypto.is_encrypted_archive(obj.key)):
                 copies[name] = S3Copy(obj.key, obj.size, obj.modified)
         for name in sorted(n for n in copies if details_for is not None and details_for(n)):
-            _, metadata = store.head_metadata(copies[name].key)
+            metadata = store.head(copies[name].key).metadata
             facts[name] = SnapshotFacts.from_metadata(metadata)
             copies[name].archive_sha256 = metadata.get(s3.ARCHIVE_SHA_META)
     return copies, facts

@@ -622,16 +622,12 @@ class S3Store:
     def object_size(self, key: str) -> int | None:
         """Size of ``key``, or None when absent (other failures are errors)."""
         try:
-            size, _ = self.head_metadata(key)
+            size = self.head(key).size
         except S3Error as err:
             if err.missing:
                 return None
             raise
         return size
-
-    def head_metadata(self, key: str) -> tuple[int, dict[str, str]]:
-        found = self.head(key)
-        return found.size, found.metadata
 
     def head(self, key: str) -> ObjectHead:
         def head(_deadline: Deadline) -> ObjectHead:

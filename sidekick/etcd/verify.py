@@ -215,7 +215,7 @@ def fetch_s3(opts: Options, work: Path, *, budgets: Budgets, stop: StopRequest, 
     with s3.S3Store(s3.S3Config.from_options(opts), budgets=budgets, retries=DOWNLOAD_RETRIES, stop=stop) as store:
         store.check_bucket()
         key, filename = s3.find_snapshot_key(store, name)
-        _, metadata = store.head_metadata(key)
+        metadata = store.head(key).metadata
         label = f"s3://{store.config.bucket}/{key}"
         encrypted = crypto.is_encrypted_archive(filename)
         plain = crypto.plain_name(filename) if encrypted else filename
