@@ -24,8 +24,8 @@ defaults), whatever the snapshot size. The input buffers are reused from piece t
 each deflate call is fed :data:`FEED` bytes, so its output stays under the mmap threshold
 that :func:`sidekick.host.memory.bound_malloc` sets: no piece is mapped and faulted in anew
 (that had cost ``save`` about 1.2 s of system time per GB of snapshot). Pieces of 2 MiB
-archive as fast as 4 MiB and hold 10 MiB less (1 MiB was 15-20 % slower; sizes differ by
-0.002 %).
+archive as fast as 4 MiB and hold 10 MiB less (1 MiB was up to 20 % slower; sizes differ
+by 0.002 %).
 
 The archive goes to the disk with ``O_DIRECT``, packed into :data:`OUTPUT_CHUNK` buffers of a
 :class:`~sidekick.etcd.stream.HashingWriter` (which also hashes it, in its own thread): it

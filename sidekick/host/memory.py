@@ -50,7 +50,6 @@ def bound_malloc() -> bool:
     return applied
 
 
-
 class _Collector:
     """Who holds the cycle collector paused, and whether it ran before the first of them."""
 
