@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,12 @@ def baseline_tree(base: Path, rev: str) -> Path | None:
     return tree
 
 
+# How the image's launcher runs every tool (scripts/image/launcher.c): -OO, over bytecode
+# compiled without docstrings or asserts. ``tool(image=True)`` runs a checkout that way.
+IMAGE_FLAGS = ["-OO"]
+_OPTIMIZE = [0, 2]  # the bytecode levels of plain runs and of IMAGE_FLAGS runs
+
+
 def compile_package(package: Path) -> None:
     """Write the bytecode of ``package`` ahead, as the image ships it (compiled at build time).
 
@@ -40,17 +47,32 @@ def compile_package(package: Path) -> None:
     """
     import compileall
 
-    if not compileall.compile_dir(str(package), quiet=1, workers=0):
+    if not compileall.compile_dir(str(package), quiet=1, workers=0, optimize=_OPTIMIZE):
         raise RuntimeError(f"cannot compile {package}")
 
 
-def tool(tree: Path | None = None) -> tuple[list[str], dict[str, str]]:
+def compile_libraries() -> None:
+    """:func:`compile_package` for the standard library and the venv's packages, which pip and
+    Debian compile only for plain runs: without -OO bytecode, an ``image=True`` run would
+    compile every module it imports and be measured with the compiler's memory. A few seconds
+    the first time, then a check of timestamps."""
+    import compileall
+    import sysconfig
+
+    for key in ("stdlib", "purelib"):
+        compileall.compile_dir(sysconfig.get_paths()[key], quiet=2, workers=0, optimize=_OPTIMIZE,
+                               rx=re.compile(r"/(test|tests|idlelib|tkinter|turtledemo|lib2to3)/"))
+
+
+def tool(tree: Path | None = None, *, image: bool = False) -> tuple[list[str], dict[str, str]]:
     """The command prefix (and extra environment) of this checkout's tool, or of a
-    :func:`baseline_tree`'s."""
+    :func:`baseline_tree`'s; with ``image``, under the image's :data:`IMAGE_FLAGS` (call
+    :func:`compile_libraries` first)."""
+    flags = IMAGE_FLAGS if image else []
     if tree is None:
-        return [str(SIDEKICK)], {}
+        return ([sys.executable, *flags, str(SIDEKICK)] if flags else [str(SIDEKICK)]), {}
     # -P: ``-m`` would otherwise put the working directory (this checkout) ahead of PYTHONPATH
-    return [sys.executable, "-P", "-m", "sidekick"], {"PYTHONPATH": str(tree)}
+    return [sys.executable, *flags, "-P", "-m", "sidekick"], {"PYTHONPATH": str(tree)}
 
 
 @dataclass

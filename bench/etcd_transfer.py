@@ -13,9 +13,12 @@ to a third; five keep the median steadier than three did):
 - peak RSS (``VmHWM`` polled until exit) of the server and of the client, CPU seconds per GB;
 - the server's time to listening on a cold start (extracting the zip) and on a second start
   (the file already extracted and verified), and its RSS once listening, beside the floor the
-  rules leave it: an interpreter (same one, same ``site``) that loaded only click (the one
-  CLI), ``http.server`` (the one HTTP stack), ``logging`` and ``ssl`` with the node's
+  rules leave it: an interpreter (same one, same ``site``, same flags) that loaded only click
+  (the one CLI), ``http.server`` (the one HTTP stack), ``logging`` and ``ssl`` with the node's
   certificates (:data:`FLOOR`).
+
+Both tools run as the image runs them (``bench.common.IMAGE_FLAGS``: -OO, no docstrings in
+memory); the serve's RSS once listening is also given for a plain run (a pip install).
 
 - the same transfers with the ``download`` client and the ``serve`` server of an earlier
   revision (``SIDEKICK_BENCH_BASELINE_REV``, default ``2c79a61``: hand-framed HTTP on raw
@@ -42,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Row, baseline_tree, tool
+from bench.common import IMAGE_FLAGS, Row, baseline_tree, compile_libraries, tool
 from tests.harness.env import clean_env
 from tests.harness.ports import free_port, port_open
 
@@ -101,10 +104,10 @@ def _hwm_mib(pid: int) -> float:
 
 
 class _Server:
-    def __init__(self, root: Path, tree: Path | None = None) -> None:
+    def __init__(self, root: Path, tree: Path | None = None, *, image: bool = True) -> None:
         self.port = free_port()
         self.began = time.perf_counter()
-        prefix, extra = tool(tree)
+        prefix, extra = tool(tree, image=image)
         self.process = subprocess.Popen(
             [*prefix, "rke-etcd-backup", "etcd-backup", "serve", "--name", NAME, *CERTS],
             env={**_env(root, self.port), **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -207,7 +210,7 @@ class _Transfer:
 def _ours(server: _Server, peer: Path, size: int, tree: Path | None = None) -> _Transfer:
     (peer / "backup" / NAME).unlink(missing_ok=True)  # else it is "already here" and skipped
     before = _cpu_seconds(server.process.pid)
-    prefix, extra = tool(tree)
+    prefix, extra = tool(tree, image=True)
     wall, rss, cpu, output = _run_measured(
         [*prefix, "rke-etcd-backup", "etcd-backup", "download", "--name", NAME,
          "--local-endpoint", "127.0.0.1", *CERTS],
@@ -248,12 +251,16 @@ def run() -> list[Row]:
         write_archive(source / "backup" / f"{NAME}.zip", [(f"/backup/{NAME}", raw)])
         raw.unlink()
 
+        compile_libraries()
         cold = _Server(source)  # extracts the zip before listening
         cold_rss = cold.stop()
+        plain = _Server(source, image=False)
+        plain_rss = _hwm_mib(plain.process.pid)
+        plain.stop()
         server = _Server(source)  # already extracted and verified
         listening_rss = _hwm_mib(server.process.pid)
-        floor = subprocess.run([sys.executable, "-c", FLOOR, str(ssl.cacert), str(ssl.node_cert), str(ssl.node_key)],
-                               capture_output=True, text=True, check=True, env=clean_env())
+        floor = subprocess.run([sys.executable, *IMAGE_FLAGS, "-c", FLOOR, str(ssl.cacert), str(ssl.node_cert),
+                                str(ssl.node_key)], capture_output=True, text=True, check=True, env=clean_env())
         floor_rss = int(floor.stdout.strip()) / 1024
         tree = baseline_tree(base, BASELINE_REV)
         old_server = _Server(source, tree) if tree else None
@@ -298,6 +305,8 @@ def run() -> list[Row]:
         Row("etcd serve peak RSS, cold start", cold_rss, "MiB", note="includes the extraction"),
         Row("etcd serve RSS once listening", listening_rss, "MiB", "floor: python + click + http.server + ssl",
             floor_rss, "file verified; the floor imports only those (and logging) and loads the certificates"),
+        Row("etcd serve RSS once listening", listening_rss, "MiB", "the same serve without -OO", plain_rss,
+            "a plain run, as from a pip install: docstrings in memory"),
         Row("etcd download CPU per GB", median([t.cpu for t in ours]) / size * 1e9, "s", "curl from our serve",
             median([t.cpu for t in curls]) / size * 1e9, "receive + decrypt + SHA-256 + write"),
         Row("etcd serve CPU per GB", median([t.server_cpu for t in ours]) / size * 1e9, "s", "", None,

@@ -18,6 +18,8 @@ from sidekick.errors import SidekickError, UsageError
 from sidekick.log import kv
 
 log = logging.getLogger(__name__)
+# The --help description; not the docstring, which the image's bytecode leaves out (-OO).
+DESCRIPTION = "``sidekick install --prefix DIR``: lay out the image's tool names as links to one executable."
 
 LAYOUT = (
     "opt/rke-tools/entrypoint.sh",
@@ -73,7 +75,7 @@ def install(prefix: Path, target: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sidekick install", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sidekick install", description=DESCRIPTION)
     parser.add_argument("--prefix", required=True, type=Path, help="root of the tree to lay out")
     parser.add_argument("--target", type=Path, help="executable the links point to (default: this one)")
     try:

@@ -8,12 +8,13 @@
  * dynamic loader on the volume's own Python:
  *
  *   <vol>/lib/ld-linux-x86-64.so.2 --library-path <vol>/lib --argv0 <vol>/bin/python3
- *       <vol>/bin/python3 -I -S -X utf8 -c BOOT <argv[0]> <argv[1]> ...
+ *       <vol>/bin/python3 -I -S -X utf8 -OO -c BOOT <argv[0]> <argv[1]> ...
  *
  * <vol> is the directory holding this executable (from /proc/self/exe, so links to it from
  * anywhere work). The loader and --library-path keep the foreign C library, LD_LIBRARY_PATH
  * and the foreign loader out; -I ignores PYTHONPATH, PYTHONHOME and user site; -S skips
- * site.py; -X utf8 makes I/O independent of the foreign locale. argv[0] is passed on
+ * site.py; -X utf8 makes I/O independent of the foreign locale; -OO matches the volume's
+ * bytecode, compiled without docstrings or asserts (assemble-volume). argv[0] is passed on
  * unchanged, so the dispatcher still picks the tool by the name it was called by.
  *
  * The component entrypoint.sh execs must get the environment exactly as the image gave it,
@@ -98,7 +99,7 @@ int main(int argc, char **argv)
     hand_over("LD_PRELOAD", 1);
 
     const char *head[] = {loader, "--library-path", libdir, "--argv0", python, python,
-                          "-I", "-S", "-X", "utf8", "-c", BOOT};
+                          "-I", "-S", "-X", "utf8", "-OO", "-c", BOOT};
     size_t nhead = sizeof head / sizeof head[0];
     char **args = calloc(nhead + (size_t)argc + 1, sizeof *args);
     if (args == NULL)

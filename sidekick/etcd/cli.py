@@ -335,14 +335,17 @@ class LazyGroup(click.Group):
         return self.commands[cmd_name]
 
 
-@click.group(name="etcd-backup", cls=LazyGroup, context_settings={"help_option_names": ["--help", "-h"]})
+# Help texts are given, not taken from docstrings: the image's bytecode has none (-OO).
+@click.group(name="etcd-backup", cls=LazyGroup, help="Perform etcd backup tools.",
+             context_settings={"help_option_names": ["--help", "-h"]})
 def etcd_backup() -> None:
-    """Perform etcd backup tools."""
+    pass
 
 
-@click.group(name=PROG, context_settings={"help_option_names": ["--help", "-h"]})
+@click.group(name=PROG, help="Utility services for etcd cluster backup.",
+             context_settings={"help_option_names": ["--help", "-h"]})
 def app() -> None:
-    """Utility services for etcd cluster backup."""
+    pass
 
 
 app.add_command(etcd_backup)
