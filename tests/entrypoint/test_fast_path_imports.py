@@ -2,7 +2,7 @@
 
 ``entrypoint.sh kube-scheduler ...`` runs before every such container starts, so its cost is
 the interpreter's start plus what this path adds. Run as the image's launcher runs it
-(``python -I -S``, no ``site``), the path may import sidekick's modules, ``__future__`` and
+(``python -I -S -OO``, no ``site``), the path may import sidekick's modules, ``__future__`` and
 modules built into the interpreter, nothing else: not ``os`` (with ``_collections_abc``),
 ``collections``, ``typing`` or ``logging``, each of which would cost it more than all the rest.
 """
@@ -38,7 +38,7 @@ main(["entrypoint.sh", *{args!r}])
 def test_scheduler_fast_path_imports_only_sidekick_and_builtins() -> None:
     args = ["kube-scheduler", "--v=2", "--kubeconfig=/etc/kubernetes/ssl/kubecfg-kube-scheduler.yaml"]
     probe = PROBE.format(repo=str(REPO), args=args)
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-I", "-S", "-OO", "-c", probe], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     argv, new = ast.literal_eval(out.stdout)
     assert argv == args  # it got as far as the exec, with the arguments unchanged
