@@ -23,7 +23,9 @@ work of issue 15), run by the same interpreter with the same libraries.
 
 The tiny runs are steady-state runs: /backup already holds the earlier tiny snapshots, as on a
 node that takes snapshots on a schedule. Both sidekicks run from bytecode compiled ahead, as the
-image ships it (``bench.common.compile_package``).
+image ships it (``bench.common.compile_package``), and as the image runs them: every
+interpreter here, the tools' and the floors', has the launcher's ``-OO``
+(``bench.common.IMAGE_FLAGS``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, baseline_tree, measure, tool
+from bench.common import IMAGE_FLAGS, Row, baseline_tree, compile_libraries, measure, tool
 
 # The revision before issue 15's memory and start-up work: its rows are measured in this run.
 BASELINE_REV = os.environ.get("SIDEKICK_BENCH_BASELINE_REV", "3599ba3")
@@ -113,16 +115,17 @@ def run() -> list[Row]:
         bucket = s3.new_bucket("footprint")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "SIDEKICK_", "AWS_"))}
         env.update({"SIDEKICK_ROOT": str(root), **rke_s3_env(ACCESS_KEY, SECRET_KEY)})
-        prefix, _ = tool()
+        compile_libraries()
+        prefix, _ = tool(image=True)
         tree = baseline_tree(work, BASELINE_REV)
-        old_prefix, old_extra = tool(tree)
+        old_prefix, old_extra = tool(tree, image=True)
         old_env = {**env, **old_extra}
         s3_flags = rke_s3_flags(s3.url, bucket)
 
         def save(endpoint: str, name: str, *extra: str, of: list[str] = prefix) -> list[str]:
             return [*of, "rke-etcd-backup", *rke_save_argv(endpoint, name, "--once", *extra)]
 
-        python_pass = [sys.executable, "-c", "pass"]
+        python_pass = [sys.executable, *IMAGE_FLAGS, "-c", "pass"]
         raw = work / "plain.db"
         etcdctl_save = [ETCDCTL, f"--endpoints={tiny.url}", f"--cacert={ssl_files.cacert}",
                         f"--cert={ssl_files.node_cert}", f"--key={ssl_files.node_key}", "snapshot", "save", str(raw)]
@@ -130,7 +133,7 @@ def run() -> list[Row]:
 
         # One untimed run warms the caches; then the interleaved rounds.
         measure(save(tiny.endpoint, "tiny-first", *s3_flags), env)
-        botocore_floor = [sys.executable, "-c", BOTOCORE_FLOOR, s3.url]
+        botocore_floor = [sys.executable, *IMAGE_FLAGS, "-c", BOTOCORE_FLOOR, s3.url]
         if tree:
             measure(save(tiny.endpoint, "tiny-old-first", *s3_flags, of=old_prefix), old_env)
         walls: dict[str, list[float]] = {"tool": [], "python": [], "etcdctl": [], "botocore": [], "old": []}
@@ -178,10 +181,10 @@ def run() -> list[Row]:
 
         # Peak RSS of the tool itself at a modest size, beside the floors.
         # An interpreter that lives a few polls: ``python -c pass`` can end before the first.
-        _, pass_peaks, _, _ = measure([sys.executable, "-c", "import time; time.sleep(0.2)"], env)
-        _, floor_peaks, _, _ = measure([sys.executable, "-c", BOTO3_FLOOR, s3.url], env)
+        _, pass_peaks, _, _ = measure([sys.executable, *IMAGE_FLAGS, "-c", "import time; time.sleep(0.2)"], env)
+        _, floor_peaks, _, _ = measure([sys.executable, *IMAGE_FLAGS, "-c", BOTO3_FLOOR, s3.url], env)
         _, botocore_peaks, _, _ = measure(botocore_floor, env)
-        _, client_peaks, _, _ = measure([sys.executable, "-c", SIDEKICK_CLIENT_FLOOR, s3.url], env)
+        _, client_peaks, _, _ = measure([sys.executable, *IMAGE_FLAGS, "-c", SIDEKICK_CLIENT_FLOOR, s3.url], env)
         _, local_peaks, _, _ = measure(save(modest.endpoint, "modest-local"), env)
         _, s3_peaks, _, stderr = measure(save(modest.endpoint, "modest-s3", *s3_flags), env)
         for leftover in (root / "backup").glob("modest-s3*"):

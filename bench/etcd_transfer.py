@@ -17,12 +17,12 @@ to a third; five keep the median steadier than three did):
   (the one CLI), ``http.server`` (the one HTTP stack), ``logging`` and ``ssl`` with the node's
   certificates (:data:`FLOOR`).
 
-Both tools run as the image runs them (``bench.common.IMAGE_FLAGS``: -OO, no docstrings in
-memory); the serve's RSS once listening is also given for a plain run (a pip install).
-
 - the same transfers with the ``download`` client and the ``serve`` server of an earlier
   revision (``SIDEKICK_BENCH_BASELINE_REV``, default ``2c79a61``: hand-framed HTTP on raw
   sockets), alternated with ours in the same run: the cost of ``http.client``/``http.server``.
+
+Both tools run as the image runs them (``bench.common.IMAGE_FLAGS``: -OO, no docstrings in
+memory); the serve's RSS once listening is also given for a plain run (a pip install).
 
 The Go tool's figures (1,086 MB snapshot, same kind of machine) are in issue 15 and cannot be
 measured here: they are quoted in the baseline column, without a ratio.
