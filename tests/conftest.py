@@ -19,6 +19,10 @@ from tests.harness.pki import CertificateAuthority, RkeSsl
 from tests.harness.s3 import S3Server
 
 SIDEKICK = Path(sys.executable).with_name("sidekick")
+# scripts/test's second pass: the Pythons the tests start (the tools, and the servers they
+# talk to) run at this optimization level, the image's -OO; this process keeps its asserts.
+if os.environ.get("SIDEKICK_TEST_TOOL_OPTIMIZE"):
+    os.environ["PYTHONOPTIMIZE"] = os.environ["SIDEKICK_TEST_TOOL_OPTIMIZE"]
 REAL_MARKERS = {"integration", "netns", "container"}
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.harness.env import clean_env
 from tests.harness.etcd import EtcdServer
 from tests.harness.nginx import Nginx, stream_proxy_config
 from tests.harness.ports import free_port
@@ -77,3 +81,12 @@ def test_nginx_stream_proxy_passes_bytes(tmp_path: Path) -> None:
     finally:
         nginx.stop()
         backend.shutdown()
+
+
+def test_the_tools_run_at_the_optimization_the_pass_asks_for() -> None:
+    """scripts/test's second pass runs every tool (the venv's interpreter, started with the
+    tests' environment) as the image's launcher does, with -OO."""
+    expected = os.environ.get("SIDEKICK_TEST_TOOL_OPTIMIZE", "0")
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.flags.optimize)"], env=clean_env(),
+                           capture_output=True, text=True, check=True, timeout=30)
+    assert probe.stdout.strip() == expected
