@@ -221,8 +221,7 @@ def test_every_elf_in_the_volume_is_served_by_the_bundled_c_library(tmp_path: Pa
 
 HELP_COMMANDS = [
     ["--help"], ["install", "--help"], ["rke-etcd-backup", "--help"], ["rke-etcd-backup", "etcd-backup", "--help"],
-    *(["rke-etcd-backup", "etcd-backup", name, "--help"]
-      for name in SUBCOMMANDS),
+    *(["rke-etcd-backup", "etcd-backup", name, "--help"] for name in SUBCOMMANDS),
 ]
 
 
