@@ -18,15 +18,12 @@ import uuid
 from pathlib import Path
 
 from bench.common import REPO, Row
+from tests.container.docker import DOCKER, FOREIGN, IMAGE
+from tests.container.docker import VOLUME as VOL
+from tests.container.docker import VOLUME_PYTHON as PYTHON
 
-DOCKER = "/usr/bin/docker"
-IMAGE = "sidekick:dev"
-FOREIGN = "sidekick-base/debian:bullseye"
 RUNS = 200
 WARM = 10
-VOL = "/opt/rke-tools"
-PYTHON = (f"{VOL}/lib/ld-linux-x86-64.so.2 --library-path {VOL}/lib --argv0 {VOL}/bin/python3 "
-          f"{VOL}/bin/python3 -I -S -X utf8 -OO")
 VARIANTS = {
     "bash": "/pass.sh /bin/true",
     "entrypoint": f"{VOL}/entrypoint.sh /bin/true",

@@ -29,6 +29,10 @@ DOCKER = "/usr/bin/docker"  # Debian's client, matched to Debian's engine
 IMAGE = os.environ.get("SIDEKICK_IMAGE", "sidekick:dev")
 # A foreign image: Debian 11 minbase, no Python, glibc 2.31 (scripts/image/base-images).
 FOREIGN = "sidekick-base/debian:bullseye"
+VOLUME = "/opt/rke-tools"
+# The volume's interpreter as its launcher starts it (scripts/image/launcher.c), without BOOT.
+VOLUME_PYTHON = (f"{VOLUME}/lib/ld-linux-x86-64.so.2 --library-path {VOLUME}/lib --argv0 {VOLUME}/bin/python3 "
+                 f"{VOLUME}/bin/python3 -I -S -X utf8 -OO")
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, input: str | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidekick.etcd.cli import SUBCOMMANDS
-from tests.container.docker import DOCKER, FOREIGN, IMAGE, Containers, docker
+from tests.container.docker import DOCKER, FOREIGN, IMAGE, VOLUME_PYTHON, Containers, docker
 
 pytestmark = pytest.mark.container
 
@@ -231,10 +231,7 @@ def test_the_volume_holds_no_docstrings_and_helps_as_the_checkout_does() -> None
     script = "\n".join(f"sidekick {' '.join(argv)} 2>&1; echo \"rc=$?\"; echo ---" for argv in HELP_COMMANDS)
     probe = ("import sys; sys.path.append(sys.prefix + '/lib/python3/site-packages'); "
              "import click, sidekick.etcd.save as m; print(sys.flags.optimize, m.__doc__, click.Group.__doc__)")
-    volume = "/opt/rke-tools"
-    out = docker("run", "--rm", IMAGE, "bash", "-c",
-                 f"{volume}/lib/ld-linux-x86-64.so.2 --library-path {volume}/lib --argv0 {volume}/bin/python3 "
-                 f"{volume}/bin/python3 -I -S -OO -c \"{probe}\"; echo ---; {script}").stdout
+    out = docker("run", "--rm", IMAGE, "bash", "-c", f"{VOLUME_PYTHON} -c \"{probe}\"; echo ---; {script}").stdout
     flags, _, helps = out.partition("---\n")
     assert flags.split() == ["2", "None", "None"]
     checkout = Path(sys.executable).with_name("sidekick")
